@@ -1,0 +1,70 @@
+"""The explicit table of methods.
+
+Each entry is a factory that builds the method object (cheap: networks load lazily on first run).
+A duplicate id raises; an unknown id raises an error listing the valid ids.  Methods are listed
+in the order they are registered, which is the order the UI shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+from .types import InputError, MethodInfo, SRMethod
+
+Factory = Callable[[], SRMethod]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._factories: dict[str, Factory] = {}
+        self._instances: dict[str, SRMethod] = {}
+
+    def register(self, method_id: str, factory: Factory) -> None:
+        if method_id in self._factories:
+            raise ValueError(f"method id {method_id!r} is registered twice")
+        self._factories[method_id] = factory
+
+    def add(self, method: SRMethod) -> None:
+        """Register an already built method object (tests use this with fakes)."""
+        self.register(method.info.id, lambda m=method: m)
+
+    def ids(self) -> list[str]:
+        return list(self._factories)
+
+    def __contains__(self, method_id: object) -> bool:
+        return method_id in self._factories
+
+    def get(self, method_id: str) -> SRMethod:
+        if method_id not in self._factories:
+            raise InputError(f"unknown method {method_id!r}; valid ids: {', '.join(self.ids())}")
+        if method_id not in self._instances:
+            method = self._factories[method_id]()
+            if method.info.id != method_id:
+                raise ValueError(f"factory for {method_id!r} built a method with id {method.info.id!r}")
+            self._instances[method_id] = method
+        return self._instances[method_id]
+
+    def infos(self) -> list[MethodInfo]:
+        return [self.get(i).info for i in self.ids()]
+
+    def __iter__(self) -> Iterator[SRMethod]:
+        return (self.get(i) for i in self.ids())
+
+
+def _build_default() -> Registry:
+    from .methods.baselines import Bicubic, Lanczos
+
+    reg = Registry()
+    reg.register("bicubic", Bicubic)
+    reg.register("lanczos", Lanczos)
+    return reg
+
+
+_DEFAULT: Optional[Registry] = None
+
+
+def default_registry() -> Registry:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = _build_default()
+    return _DEFAULT
