@@ -49,7 +49,7 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 16_000_000
 MAX_PIXELS_ENV = "SR_MAX_INPUT_PIXELS"
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, "io.IOBase", Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def max_input_pixels() -> int:
         return DEFAULT_MAX_PIXELS
     try:
         value = int(float(raw.replace("_", "")))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InputError(
             f"{MAX_PIXELS_ENV}={raw!r} is not a number; set it to a pixel count such as 25000000"
         ) from None
@@ -187,7 +187,10 @@ def load_image(src: ImageSource, *, max_pixels: Optional[int] = None) -> Image.I
             src.load()
         except Exception as e:
             raise InputError(f"the image is truncated or corrupt ({e})") from None
-        out = ImageOps.exif_transpose(src)
+        try:
+            out = ImageOps.exif_transpose(src)
+        except Exception:  # a broken EXIF block must not make a good image unreadable
+            out = None
         return src.copy() if out is None or out is src else out
     if isinstance(src, np.ndarray):
         if src.ndim >= 2:
@@ -366,17 +369,6 @@ def _contributions(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray,
     return w, idx0
 
 
-def _round_half_away(a: np.ndarray) -> np.ndarray:
-    """Round half away from zero, exactly (no x + 0.5 double-rounding slip)."""
-    f = np.floor(a)
-    up = (a - f) >= 0.5
-    pos = f + up
-    c = np.ceil(a)
-    down = (c - a) >= 0.5
-    neg = c - down
-    return np.where(a >= 0, pos, neg)
-
-
 def _plan(in_hw: tuple[int, int], scale, output_shape) -> tuple[tuple[int, int], tuple[float, float], list[int]]:
     if (scale is None) == (output_shape is None):
         raise ValueError("imresize: give exactly one of scale and output_shape")
@@ -409,6 +401,45 @@ def _plan(in_hw: tuple[int, int], scale, output_shape) -> tuple[tuple[int, int],
     return (out_h, out_w), (sh, sw), order
 
 
+_CHUNK_ELEMS = 1 << 21  # float64 elements per work chunk (16 MiB): bounded memory, cache friendly
+
+
+def _pass_numpy(src: np.ndarray, w: np.ndarray, idx: np.ndarray, store: np.dtype) -> np.ndarray:
+    """Resize along axis 0 of contiguous `src`; integer `store` rounds half up and clips.
+
+    Each output row is the sum of its taps in order, accumulated in float64 (as MATLAB does).
+    With integer storage the result is rounded half away from zero and clipped to the type's
+    range (negative sums clip to 0, so floor(x) + (frac >= 0.5) is exact for every case).
+    """
+    n_out = w.shape[0]
+    rest = src.shape[1:]
+    per_row = int(np.prod(rest)) if rest else 1
+    step = max(1, _CHUNK_ELEMS // max(per_row, 1))
+    integer = np.issubdtype(store, np.integer)
+    top = float(np.iinfo(store).max) if integer else 0.0
+    out = np.empty((n_out,) + rest, dtype=store)
+    acc_buf = np.empty((min(step, n_out),) + rest, dtype=np.float64)
+    tmp_buf = np.empty_like(acc_buf)
+    tail = (1,) * len(rest)
+    for r0 in range(0, n_out, step):
+        r1 = min(n_out, r0 + step)
+        acc, tmp = acc_buf[: r1 - r0], tmp_buf[: r1 - r0]
+        wc = w[r0:r1]
+        np.multiply(src[idx[r0:r1, 0]], wc[:, 0].reshape((-1,) + tail), out=acc)
+        for p in range(1, w.shape[1]):
+            np.multiply(src[idx[r0:r1, p]], wc[:, p].reshape((-1,) + tail), out=tmp)
+            acc += tmp
+        if integer:
+            np.floor(acc, out=tmp)
+            acc -= tmp
+            tmp += acc >= 0.5
+            np.clip(tmp, 0.0, top, out=tmp)
+            out[r0:r1] = tmp
+        else:
+            out[r0:r1] = acc
+    return out
+
+
 def _resize_numpy(x: np.ndarray, scale, output_shape) -> np.ndarray:
     if x.ndim not in (2, 3):
         raise ValueError(f"imresize: numpy input must be HxW or HxWxC, got shape {x.shape}")
@@ -419,21 +450,17 @@ def _resize_numpy(x: np.ndarray, scale, output_shape) -> np.ndarray:
     if not integer and not np.issubdtype(dtype, np.floating):
         raise ValueError(f"imresize: unsupported dtype {dtype}")
     (out_h, out_w), (sh, sw), order = _plan(x.shape[:2], scale, output_shape)
-    top = float(np.iinfo(dtype).max) if integer else None
-    cur = x.astype(np.float64)
+    # MATLAB stores each pass in the input's class: integers are rounded after every pass.
+    store = np.dtype(dtype) if integer else np.dtype(np.float64)
+    cur = np.ascontiguousarray(x) if integer else x.astype(np.float64)
     for dim in order:
-        n_in = cur.shape[dim]
         n_out = out_h if dim == 0 else out_w
-        w, idx = _contributions(n_in, n_out, sh if dim == 0 else sw)
-        src = np.moveaxis(cur, dim, 0)
-        wshape = (n_out,) + (1,) * (src.ndim - 1)
-        acc = w[:, 0].reshape(wshape) * src[idx[:, 0]]
-        for p in range(1, w.shape[1]):
-            acc += w[:, p].reshape(wshape) * src[idx[:, p]]
-        if integer:  # MATLAB stores each pass in the input's class
-            acc = np.clip(_round_half_away(acc), 0.0, top)
-        cur = np.moveaxis(acc, 0, dim)
-    return np.ascontiguousarray(cur.astype(dtype))
+        # Work along axis 0 of a contiguous array: row gathers are then plain memory copies.
+        src = cur if dim == 0 else np.ascontiguousarray(np.swapaxes(cur, 0, 1))
+        w, idx = _contributions(src.shape[0], n_out, sh if dim == 0 else sw)
+        res = _pass_numpy(src, w, idx, store)
+        cur = res if dim == 0 else np.swapaxes(res, 0, 1)
+    return np.ascontiguousarray(cur.astype(dtype, copy=False))
 
 
 def _resize_torch(x: torch.Tensor, scale, output_shape) -> torch.Tensor:
@@ -445,27 +472,39 @@ def _resize_torch(x: torch.Tensor, scale, output_shape) -> torch.Tensor:
         raise ValueError(f"imresize: unsupported tensor dtype {in_dtype}")
     if integer and in_dtype not in (torch.uint8,):
         raise ValueError(f"imresize: unsupported integer tensor dtype {in_dtype} (use uint8 or float)")
+    if integer and x.device.type == "cpu":  # same arithmetic, the chunked numpy path is faster on CPU
+        lead = tuple(x.shape[:-2])
+        hwb = x.detach().reshape((-1,) + tuple(x.shape[-2:])).permute(1, 2, 0).numpy()
+        res = torch.from_numpy(_resize_numpy(hwb, scale, output_shape)).permute(2, 0, 1)
+        return res.reshape(lead + tuple(res.shape[-2:])).contiguous()
+    return _resize_torch_compute(x, scale, output_shape)
+
+
+def _resize_torch_compute(x: torch.Tensor, scale, output_shape) -> torch.Tensor:
+    """The tensor arithmetic of `imresize` (float, or uint8 in float64 with per-pass rounding)."""
+    in_dtype = x.dtype
+    integer = not in_dtype.is_floating_point
     work = torch.float64 if (integer or in_dtype == torch.float64) else torch.float32
     (out_h, out_w), (sh, sw), order = _plan((int(x.shape[-2]), int(x.shape[-1])), scale, output_shape)
     with torch.no_grad():
         cur = x.detach().to(work)
         for dim in order:
-            axis = cur.ndim - 2 + dim
-            n_in = cur.shape[axis]
             n_out = out_h if dim == 0 else out_w
-            w_np, idx_np = _contributions(n_in, n_out, sh if dim == 0 else sw)
+            # Resize along dim -2 of a contiguous tensor (the width pass works on the transpose).
+            src = cur if dim == 0 else cur.transpose(-1, -2).contiguous()
+            w_np, idx_np = _contributions(int(src.shape[-2]), n_out, sh if dim == 0 else sw)
             w = torch.from_numpy(np.array(w_np)).to(device=cur.device, dtype=work)
             idx = torch.from_numpy(np.array(idx_np)).to(device=cur.device)
-            wshape = [1] * cur.ndim
-            wshape[axis] = n_out
-            acc = cur.index_select(axis, idx[:, 0]) * w[:, 0].reshape(wshape)
-            for p in range(1, w.shape[1]):
-                acc.add_(cur.index_select(axis, idx[:, p]) * w[:, p].reshape(wshape))
+            acc = src.index_select(-2, idx[:, 0]).mul_(w[:, 0, None])
+            tmp = torch.empty_like(acc)
+            for p in range(1, w.shape[1]):  # in tap order, as MATLAB accumulates
+                torch.index_select(src, -2, idx[:, p], out=tmp)
+                acc.add_(tmp.mul_(w[:, p, None]))
             if integer:
                 f = torch.floor(acc)
                 acc = torch.clamp(f + ((acc - f) >= 0.5).to(work), 0.0, 255.0)
-            cur = acc
-        return cur.to(in_dtype)
+            cur = acc if dim == 0 else acc.transpose(-1, -2)
+        return cur.contiguous().to(in_dtype)
 
 
 def imresize(x, scale=None, *, output_shape: Optional[Sequence[int]] = None):

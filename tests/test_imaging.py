@@ -15,6 +15,7 @@ from PIL import Image
 
 from sr_core.imaging import (
     DEFAULT_MAX_PIXELS,
+    _resize_torch_compute,
     bicubic_upscale,
     imresize,
     load_image,
@@ -186,9 +187,10 @@ def test_size_limit_checked_from_header(monkeypatch):
     assert max_input_pixels() == 30_000_000
     with pytest.raises(InputError, match="truncated or corrupt"):
         load_image(header)
-    monkeypatch.setenv("SR_MAX_INPUT_PIXELS", "lots")
-    with pytest.raises(InputError, match="SR_MAX_INPUT_PIXELS"):
-        max_input_pixels()
+    for bad in ("lots", "inf", "nan"):
+        monkeypatch.setenv("SR_MAX_INPUT_PIXELS", bad)
+        with pytest.raises(InputError, match="SR_MAX_INPUT_PIXELS"):
+            max_input_pixels()
 
 
 def test_pillow_decompression_bomb_becomes_input_error(monkeypatch):
@@ -388,6 +390,9 @@ def test_imresize_torch_matches_numpy(kw):
     tu8 = imresize(torch.from_numpy(u8).permute(2, 0, 1).contiguous(), **kw)
     assert tu8.dtype == torch.uint8
     assert np.array_equal(tu8.permute(1, 2, 0).numpy(), imresize(u8, **kw))
+    # the tensor arithmetic used for uint8 on accelerators (CPU tensors take the numpy route)
+    dev = _resize_torch_compute(torch.from_numpy(u8).permute(2, 0, 1).contiguous(), kw.get("scale"), kw.get("output_shape"))
+    assert np.array_equal(dev.permute(1, 2, 0).numpy(), imresize(u8, **kw))
 
 
 def test_imresize_torch_no_grad_and_device():
