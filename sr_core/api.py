@@ -76,22 +76,28 @@ def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
     info = method.info
     device = resolve_device(settings.device)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
-    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress)
+    h, w = int(lr.shape[-2]), int(lr.shape[-1])
+    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress, full_size=(h, w),
+                     margin=max(int(info.size_multiple), 1))
     x = lr.to(device)
     s = settings.scale
+
+    def call(t: torch.Tensor, box, index: int, count: int) -> torch.Tensor:
+        ctx.tile_box, ctx.tile_index, ctx.tile_count = box, index, count
+        y = method.run(t, ctx)
+        ctx.report(1.0, f"tile {index + 1}/{count}" if count > 1 else "")
+        return y
+
     try:
         with torch.inference_mode():
             if info.tiling_space == "pixel":
-                tile = _effective_tile(info, settings)
-                if tile <= 0:
-                    tile = max(x.shape[-2:])
-                out = tiling.run_tiled(lambda t: method.run(t, ctx), x, scale=s, tile=tile,
+                tile = _effective_tile(info, settings) or max(h, w)
+                out = tiling.run_tiled(call, x, scale=s, tile=tile,
                                        overlap=min(settings.tile_overlap, max(tile - 1, 0)),
-                                       multiple=info.size_multiple,
-                                       progress=lambda f, m="": ctx.report(f, m or "tiles"))
+                                       multiple=info.size_multiple, with_box=True)
             else:
-                padded, (h, w) = tiling.pad_to_multiple(x, info.size_multiple)
-                out = tiling.crop_to(method.run(padded, ctx), h * s, w * s)
+                padded, _ = tiling.pad_to_multiple(x, info.size_multiple)
+                out = tiling.crop_to(call(padded, (0, 0, h, w), 0, 1), h * s, w * s)
             out = out.float().clamp(0, 1)
             if settings.color_fix and settings.color_fix != "none":
                 if ref is None:

@@ -264,6 +264,7 @@ def run_tiled(
     blend: str = "gaussian",
     progress: Optional[ProgressFn] = None,
     sigma_frac: float = DEFAULT_SIGMA_FRAC,
+    with_box: bool = False,
 ) -> torch.Tensor:
     """Upscale `x` (N, C, H, W) by running `fn` on overlapping LR tiles and blending the outputs.
 
@@ -273,7 +274,9 @@ def run_tiled(
     (padded) image and nothing is blended.  Otherwise outputs are weighted by a window at output
     resolution ("gaussian": `gaussian_weights`, seam-free; "uniform": plain averaging of overlaps,
     as ResShift/SinSR do) and accumulated in place into one buffer, then divided by the summed
-    weights.  `progress(fraction, message)` is called after every tile, ending at 1.0.  The result
+    weights.  `progress(fraction, message)` is called after every tile, ending at 1.0.  With
+    `with_box=True`, `fn` is called as `fn(tile, box, index, count)` with box = (y0, x0, y1, x1) in LR
+    pixels, so a method can cut position-dependent inputs (noise) for its tile.  The result
     has the dtype and device of `fn`'s output (accumulation runs in float32 for half types).
     """
     if x.dim() != 4:
@@ -285,13 +288,23 @@ def run_tiled(
     h, w = int(x.shape[-2]), int(x.shape[-1])
     boxes = plan_tiles(h, w, tile, overlap)
     n = len(boxes)
+    if with_box:
+        fn_box = fn
+        state = {}
+
+        def fn(t: torch.Tensor) -> torch.Tensor:  # noqa: F811 - binds the current box
+            return fn_box(t, state["box"], state["i"], n)
+    else:
+        state = {}
     if n == 1:
+        state.update(box=(0, 0, h, w), i=0)
         y = _run_padded(fn, x, scale, multiple)
         if progress is not None:
             progress(1.0, "tile 1/1")
         return y
     acc = _Accumulator(h * scale, w * scale, blend, sigma_frac)
     for i, (y0, x0, y1, x1) in enumerate(boxes):
+        state.update(box=(y0, x0, y1, x1), i=i)
         y = _run_padded(fn, x[:, :, y0:y1, x0:x1], scale, multiple)
         acc.add(y, (y0 * scale, x0 * scale, y1 * scale, x1 * scale))
         del y

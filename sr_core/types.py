@@ -117,16 +117,51 @@ class Availability:
 
 @dataclass
 class RunContext:
-    """What the facade hands a method for one call."""
+    """What the facade hands a method for one call (one tile, when the facade tiles).
+
+    Randomness: `randn` cuts the noise for the region this call covers out of one field per key,
+    drawn once per request from `generator` at the size of the whole image, so overlapping tiles
+    see the same noise and results do not depend on the order tiles run in.
+    """
 
     settings: Settings
     device: torch.device
     generator: torch.Generator  # the one source of randomness of the request (on CPU)
     progress: Optional[ProgressFn] = None
+    full_size: tuple[int, int] = (0, 0)  # (H, W) of the whole LR image
+    tile_box: Optional[tuple[int, int, int, int]] = None  # (y0, x0, y1, x1) LR pixels this call covers
+    tile_index: int = 0
+    tile_count: int = 1
+    margin: int = 0  # extra LR pixels a call may see beyond the image (padding to a size multiple)
+    _fields: dict = field(default_factory=dict, repr=False)
 
     def report(self, fraction: float, message: str = "") -> None:
+        """Progress of this call in [0, 1], mapped into this tile's share of the whole request."""
         if self.progress is not None:
-            self.progress(float(min(max(fraction, 0.0), 1.0)), message)
+            f = float(min(max(fraction, 0.0), 1.0))
+            self.progress((self.tile_index + f) / max(self.tile_count, 1), message)
+
+    def randn(self, key, channels: int, height: int, width: int, factor: int = 1) -> torch.Tensor:
+        """Standard normal noise (1, channels, height, width) on the CPU for this call's region.
+
+        `factor` is noise pixels per LR pixel (1 for a latent at LR size); `height`/`width` are the
+        size the method needs (its padded input times `factor`).  `key` names the draw (for example
+        ("x_T",) or ("step", i)); each key's field is drawn at first use, in the order of first use.
+        """
+        y0, x0 = (self.tile_box or (0, 0, 0, 0))[:2]
+        oy, ox = y0 * factor, x0 * factor
+        fkey = (key, int(channels), int(factor))
+        fld = self._fields.get(fkey)
+        if fld is None:
+            # the field's size depends on the whole image only, never on the first caller's tile
+            base_h, base_w = self.full_size if self.full_size[0] > 0 else (-(-height // factor), -(-width // factor))
+            fh, fw = (base_h + self.margin) * factor, (base_w + self.margin) * factor
+            fld = torch.randn(1, channels, fh, fw, generator=self.generator)
+            self._fields[fkey] = fld
+        if oy + height > fld.shape[-2] or ox + width > fld.shape[-1]:
+            raise ValueError(f"noise region {height}x{width} at ({oy}, {ox}) exceeds the field "
+                             f"{tuple(fld.shape[-2:])}; the method asked for more than its padded input")
+        return fld[:, :, oy:oy + height, ox:ox + width].clone()
 
 
 @runtime_checkable

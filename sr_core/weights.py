@@ -57,7 +57,8 @@ def _check_digest(spec: WeightSpec, path: Path) -> None:
             )
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True when SR_OFFLINE or HF_HUB_OFFLINE asks never to touch the network."""
     return os.environ.get(ENV_OFFLINE, "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
@@ -138,8 +139,8 @@ def resolve(spec: WeightSpec, explicit: Optional[PathLike] = None, *, download: 
     if found is not None:
         _check_digest(spec, found)
         return found
-    if not download or _offline() or not (spec.url or spec.hf_repo):
-        reason = "offline mode" if _offline() else ("no download source" if not (spec.url or spec.hf_repo) else "")
+    if not download or offline() or not (spec.url or spec.hf_repo):
+        reason = "offline mode" if offline() else ("no download source" if not (spec.url or spec.hf_repo) else "")
         raise WeightsUnavailable(missing_message(spec, explicit, reason))
     errors = []
     if spec.hf_repo:

@@ -121,3 +121,33 @@ def test_png_bytes_input_roundtrip():
     buf = io.BytesIO()
     _img().save(buf, format="PNG")
     assert api.upscale(buf.getvalue(), "bicubic", Settings(scale=2)).image.size == (74, 46)
+
+
+class NoisyFake(Fake):
+    """Nearest upscaling plus position-dependent noise from ctx.randn (per LR pixel)."""
+
+    def run(self, lr, ctx):
+        n = ctx.randn(("x_T",), 3, lr.shape[-2], lr.shape[-1])
+        out = torch.nn.functional.interpolate(lr * 0.5 + 0.25 + 0.01 * n, scale_factor=ctx.settings.scale,
+                                              mode="nearest")
+        ctx.report(0.5, "half")
+        return out
+
+
+def test_tiles_share_one_noise_field():
+    """Noise is cut from one field per request: tiled == untiled, and the seed matters."""
+    img = _img(70, 45)
+    m = NoisyFake(multiple=8)
+    whole = np.asarray(api.upscale(img, "fake", Settings(scale=2, tile=0), seed=3, registry=_reg(m)).image)
+    tiled = np.asarray(api.upscale(img, "fake", Settings(scale=2, tile=32, tile_overlap=8), seed=3,
+                                   registry=_reg(m)).image)
+    other = np.asarray(api.upscale(img, "fake", Settings(scale=2, tile=0), seed=4, registry=_reg(m)).image)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+    assert (whole != other).any()
+
+
+def test_progress_is_mapped_per_tile():
+    seen = []
+    api.upscale(_img(70, 70), "fake", Settings(scale=2, tile=32, tile_overlap=8), registry=_reg(NoisyFake()),
+                progress=lambda f, msg: seen.append(f))
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 6
