@@ -76,6 +76,7 @@ class MethodInfo:
     steps: Optional[StepsSpec] = None  # None: not a sampler (no steps slider)
     supports_fidelity: bool = False  # accepts a fidelity-realism weight w in [0, 1]
     uses_seed: bool = False  # output depends on the seed
+    supports_prompt: bool = False  # accepts a text prompt (Settings.prompt)
     tiling_space: TilingSpace = "none"  # "pixel": the facade tiles the LR; "latent": the method tiles itself
     default_tile: int = 0  # LR tile size in px (0: whole image unless the user asks)
     size_multiple: int = 1  # LR sides are reflect-padded to a multiple of this, then cropped back
