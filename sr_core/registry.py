@@ -53,10 +53,19 @@ class Registry:
 
 def _build_default() -> Registry:
     from .methods.baselines import Bicubic, Lanczos
+    from .methods.resshift import ResShift
+    from .methods.sinsr import SinSR
 
     reg = Registry()
     reg.register("bicubic", Bicubic)
     reg.register("lanczos", Lanczos)
+    # Official checkpoints (downloaded on first use, or from SR_WEIGHTS_DIR / the env vars):
+    reg.register("sinsr", lambda: SinSR("v1"))  # one step; the official demo's checkpoint
+    reg.register("sinsr-v2", lambda: SinSR("v2"))  # one step; RealSR-tuned
+    reg.register("resshift", lambda: ResShift("v3"))  # 4 steps; the official quick start
+    reg.register("resshift-v1", lambda: ResShift("v1"))  # 15 steps; the paper model, SinSR's teacher
+    reg.register("resshift-v2", lambda: ResShift("v2"))  # 15 steps
+    reg.register("resshift-bicsr", lambda: ResShift("bicsr"))  # 4 steps; bicubic degradation (benchmarks)
     return reg
 
 
