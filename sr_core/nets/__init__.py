@@ -1,7 +1,4 @@
 """Networks written for this project with the parameter names of the official checkpoints they mirror
-(e.g. `rrdbnet.RRDBNet` = the `rrdb.*` part of LeiaLi/SRDiff `models/diffsr_modules.py`), so official
-weights and our bundled "mini" weights run through the same code."""
-
-from .rrdbnet import RRDB, RRDBNet, ResidualDenseBlock
-
-__all__ = ["RRDBNet", "RRDB", "ResidualDenseBlock"]
+(e.g. `resshift_unet.ResShiftUNet` and `vqgan.VQModel` load zsyOAOA/ResShift's released files strictly),
+so official weights and our bundled "mini" weights run through the same code.  Import the submodules
+directly; nothing is imported here so that one network never pays for another's imports."""
