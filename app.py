@@ -8,7 +8,9 @@ handlers live on `Handlers`, are plain typed methods that call one core function
 every failure into a `gr.Error`, so tests call them directly.  Results go to the native
 `gr.ImageSlider` as (MATLAB-bicubic input, result), always as PNG.  On Hugging Face ZeroGPU
 (`import spaces` works) the GPU work is wrapped with `spaces.GPU`; elsewhere nothing changes.
-A named endpoint `/upscale` serves gradio_client callers and returns the result PNG.
+A named endpoint `/upscale` serves gradio_client callers and returns the result PNG.  The Studio tab
+(`sr_core.studio`) offers SRDiff's latent interpolation and content fusion for the methods that declare
+`supports_interpolation`, and a diversity view (N seeds -> gallery + per-pixel std map) for any seeded one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from sr_core.api import MAX_SEED
@@ -51,6 +54,9 @@ NO_PRESET = "(none)"
 TILE_MAX, OVERLAP_MAX = 1024, 256
 DEFAULTS = Settings()
 API_NAME = "upscale"
+STUDIO_SOURCES = ("Two seeds", "Two HR references")
+DRAWN_REGION = "drawn"
+STUDIO_MAX_FRAMES, STUDIO_MAX_SEEDS = 9, 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +74,9 @@ class Core:
     metrics(sr, hr, lr, scale)        -> {"psnr_y", "ssim_y", "lr_psnr"}; InputError when the HR
                                          is not exactly `scale` x the LR size
     save_png(image, path)             -> Path (lossless PNG, alpha kept)
+    interpolate(image, method_id, sources, lambdas, t, settings, progress) -> sr_core.studio.StudioResult
+    fuse(image, method_id, source_a, source_b, mask, t, settings, progress) -> sr_core.studio.StudioResult
+    diversity(image, method_id, seeds, settings, progress) -> (images, std map (H, W), heat-map image)
     """
 
     def __init__(self, registry: Optional[Registry] = None, presets_dir: Optional[Path] = None) -> None:
@@ -120,6 +129,28 @@ class Core:
         from sr_core import imaging
 
         return imaging.save_png(image, path)
+
+    def interpolate(self, image, method_id: str, sources, lambdas, t: int, settings: Settings,
+                    progress: Optional[Callable[[float, str], None]] = None):
+        from sr_core import studio
+
+        return studio.interpolate(method_id, image, sources, lambdas, t, settings=settings, progress=progress,
+                                  registry=self.registry)
+
+    def fuse(self, image, method_id: str, source_a, source_b, mask, t: int, settings: Settings,
+             progress: Optional[Callable[[float, str], None]] = None):
+        from sr_core import studio
+
+        return studio.fuse(method_id, image, source_a, source_b, mask, t, settings=settings, progress=progress,
+                           registry=self.registry)
+
+    def diversity(self, image, method_id: str, seeds, settings: Settings,
+                  progress: Optional[Callable[[float, str], None]] = None):
+        from sr_core import studio
+
+        images, std = studio.diversity(studio.seeded_upscaler(method_id, settings, self.registry), image, seeds,
+                                       progress=progress)
+        return images, std, studio.std_heatmap(std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +222,8 @@ def describe(info: MethodInfo, avail: Availability) -> str:
         caps.append("seeded")
     if info.tiling_space != "none":
         caps.append(f"tiles ({info.tiling_space} space)")
+    if getattr(info, "supports_interpolation", False):
+        caps.append("Studio: interpolation and fusion")
     caps.append(f"colour fix: {info.default_color_fix}")
     lines = [f"**{info.label}** — {info.description}", "", " · ".join(caps)]
     if info.licence:
@@ -259,6 +292,7 @@ class Handlers:
         self.core = core
         # The GPU work (one facade call) is the function ZeroGPU must see.
         self._work = gpu(self._upscale_work)
+        self._studio_call = gpu(self._studio_work)
 
     # ---- menus -------------------------------------------------------------------------------
 
@@ -490,6 +524,178 @@ class Handlers:
         return self._run(image, info, settings, None).image
 
 
+    # ---- Studio: latent interpolation, content fusion, diversity -----------------------------
+
+    def studio_method_choices(self) -> list[tuple[str, str]]:
+        """Methods that support latent interpolation / fusion (`MethodInfo.supports_interpolation`)."""
+        return [(method_label(i, a), i.id) for i, a in self.core.methods() if getattr(i, "supports_interpolation", False)]
+
+    def seeded_method_choices(self) -> list[tuple[str, str]]:
+        """Methods whose output depends on the seed (the diversity view)."""
+        return [(method_label(i, a), i.id) for i, a in self.core.methods() if i.uses_seed]
+
+    @staticmethod
+    def _first_available(choices: list[tuple[str, str]], core: Any) -> Optional[str]:
+        for _label, mid in choices:
+            if core.method(mid)[1].ok:
+                return mid
+        return choices[0][1] if choices else None
+
+    @user_errors("Loading the method")
+    def on_studio_method(self, method_id: Optional[str]) -> tuple[dict, dict]:
+        """(steps, t) slider updates for a studio method: steps 1..T at its default, t half of that."""
+        if not method_id:
+            return gr.update(), gr.update()
+        info, _ = self._method(method_id)
+        st = info.steps
+        if st is None:
+            return gr.update(visible=False), gr.update(visible=False)
+        return (gr.update(minimum=st.min, maximum=st.max, value=st.default, visible=True),
+                gr.update(minimum=1, maximum=st.default, value=max(1, (st.default + 1) // 2), visible=True))
+
+    def on_studio_steps(self, steps, t) -> dict:
+        """t ranges over 1..steps."""
+        try:
+            n = max(1, int(steps))
+        except (TypeError, ValueError):
+            return gr.update()
+        try:
+            tv = int(t)
+        except (TypeError, ValueError):
+            tv = n
+        return gr.update(maximum=n, value=min(max(tv, 1), n))
+
+    @staticmethod
+    def on_studio_sources(kind: str) -> tuple[dict, dict]:
+        """Show the seed row or the HR reference row."""
+        refs = kind == STUDIO_SOURCES[1]
+        return gr.update(visible=not refs), gr.update(visible=refs)
+
+    def _studio_settings(self, method_id: Optional[str], steps, seed, need_studio: bool) -> tuple[MethodInfo, Settings]:
+        info, avail = self._method(method_id)
+        if not avail.ok:
+            raise InputError(f"{info.label} is not available: {avail.reason}")
+        if need_studio and not getattr(info, "supports_interpolation", False):
+            raise InputError(f"{info.label} does not support the Studio (latent interpolation / fusion)")
+        st = None
+        if info.steps is not None and not info.steps.fixed and steps not in (None, "") and _as_int(steps, "steps") > 0:
+            st = _as_int(steps, "steps")
+        return info, Settings(scale=info.default_scale, steps=st, seed=_as_int(seed, "seed", 0))
+
+    @staticmethod
+    def _studio_sources(kind: str, seed_a, seed_b, ref_a, ref_b) -> list:
+        if kind == STUDIO_SOURCES[1]:
+            if ref_a is None or ref_b is None:
+                raise InputError("upload two HR reference images (any size; they are resized to the output size)")
+            return [ref_a, ref_b]
+        return [_as_int(seed_a, "seed A", 0), _as_int(seed_b, "seed B", 1)]
+
+    def _studio_progress(self, progress, label: str) -> Optional[Callable[[float, str], None]]:
+        if progress is None:
+            return None
+
+        def report(fraction: float, message: str = "") -> None:
+            try:
+                progress(float(fraction), desc=f"{label}: {message}" if message else label)
+            except Exception:
+                pass
+
+        return report
+
+    def _studio_work(self, name: str, *args):
+        return getattr(self.core, name)(*args)
+
+    def _out_folder(self) -> Path:
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        _prune_old(OUT_DIR, OUT_MAX_AGE_S)
+        return Path(tempfile.mkdtemp(prefix="studio-", dir=OUT_DIR))
+
+    @user_errors("Interpolation")
+    def run_interpolate(self, image: Optional[Image.Image], method: str, steps, t, kind: str, seed_a, seed_b,
+                        ref_a: Optional[Image.Image], ref_b: Optional[Image.Image], frames, lam,
+                        progress: gr.Progress = gr.Progress()):
+        """-> (strip gallery [(image, caption)], strip PNG path, animation PNG path, result at lambda, summary)."""
+        if image is None:
+            raise gr.Error("Upload an image first (drag and drop it onto the input box).", title="No image")
+        info, settings = self._studio_settings(method, steps, seed_a, True)
+        sources = self._studio_sources(kind, seed_a, seed_b, ref_a, ref_b)
+        n = min(max(_as_int(frames, "frames", 5), 2), STUDIO_MAX_FRAMES)
+        lam_v = min(max(_as_float(lam, "lambda", 0.5), 0.0), 1.0)
+        lambdas = [round(i / (n - 1), 4) for i in range(n)]
+        extra = lam_v not in lambdas
+        res = self._studio_call("interpolate", image, info.id, sources, lambdas + ([lam_v] if extra else []),
+                                _as_int(t, "t", 1), settings, self._studio_progress(progress, info.label))
+        strip_imgs = res.images[:n]
+        single = res.images[-1] if extra else res.images[lambdas.index(lam_v)]
+        from sr_core.studio import save_animation, strip
+
+        folder = self._out_folder()
+        strip_path = str(self.core.save_png(strip(strip_imgs), folder / "interpolation_strip.png"))
+        anim_path = str(save_animation(strip_imgs, folder / "interpolation_animation.png"))
+        gallery = [(im, f"λ = {x:g}") for im, x in zip(strip_imgs, lambdas)]
+        src = "seeds " + " → ".join(str(x) for x in sources) if res.sources == "seeds" else "two HR references"
+        summary = (f"**{info.label}** · {src} · mixed at t = {res.t} of {res.steps} steps · {n} frames λ = 0…1 · "
+                   f"{res.seconds:.1f} s")
+        return gallery, strip_path, anim_path, single, summary
+
+    @staticmethod
+    def mask_from_editor(value) -> Optional[np.ndarray]:
+        """The drawn region of a gr.ImageEditor value as an (h, w) float mask in [0, 1], or None if empty."""
+        if not isinstance(value, dict):
+            return None
+        alpha = None
+        for layer in value.get("layers") or []:
+            if layer is None:
+                continue
+            a = np.asarray(layer.convert("RGBA") if isinstance(layer, Image.Image) else layer)
+            a = a[..., 3] if a.ndim == 3 and a.shape[-1] == 4 else (a.max(axis=-1) if a.ndim == 3 else a)
+            alpha = a if alpha is None else np.maximum(alpha, a)
+        if alpha is None or not np.any(alpha > 0):
+            return None
+        return (alpha.astype(np.float32) / float(max(alpha.max(), 1))).clip(0, 1)
+
+    @user_errors("Fusion")
+    def run_fuse(self, image: Optional[Image.Image], method: str, steps, t, kind: str, seed_a, seed_b,
+                 ref_a: Optional[Image.Image], ref_b: Optional[Image.Image], editor, region: str,
+                 progress: gr.Progress = gr.Progress()):
+        """-> (fused image, mask image (white = source A), summary)."""
+        if image is None:
+            raise gr.Error("Upload an image first (drag and drop it onto the input box).", title="No image")
+        info, settings = self._studio_settings(method, steps, seed_a, True)
+        sources = self._studio_sources(kind, seed_a, seed_b, ref_a, ref_b)
+        if region == DRAWN_REGION:
+            mask = self.mask_from_editor(editor)
+            if mask is None:
+                raise InputError("draw the region of source A on the image (or pick a preset region)")
+        else:
+            mask = region
+        res = self._studio_call("fuse", image, info.id, sources[0], sources[1], mask, _as_int(t, "t", 1), settings,
+                                self._studio_progress(progress, info.label))
+        what = "drawn region" if region == DRAWN_REGION else f"{region} region"
+        summary = (f"**{info.label}** · source A in the {what}, source B elsewhere · mixed at t = {res.t} of "
+                   f"{res.steps} steps · {res.seconds:.1f} s")
+        return res.images[0], res.mask, summary
+
+    @user_errors("Diversity")
+    def run_diversity(self, image: Optional[Image.Image], method: str, steps, seed, n,
+                      progress: gr.Progress = gr.Progress()):
+        """-> (gallery [(image, caption)], std heat map, summary)."""
+        if image is None:
+            raise gr.Error("Upload an image first (drag and drop it onto the input box).", title="No image")
+        info, settings = self._studio_settings(method, steps, seed, False)
+        if not info.uses_seed:
+            raise InputError(f"{info.label} does not use a seed: every run gives the same image")
+        first = _as_int(seed, "seed", 0)
+        count = min(max(_as_int(n, "number of seeds", 4), 2), STUDIO_MAX_SEEDS)
+        seeds = [(first + i) % (MAX_SEED + 1) for i in range(count)]
+        images, std, heat = self._studio_call("diversity", image, info.id, seeds, settings,
+                                              self._studio_progress(progress, info.label))
+        gallery = [(im, f"seed {s}") for im, s in zip(images, seeds)]
+        summary = (f"**{info.label}** · {count} seeds ({seeds[0]}…{seeds[-1]}) · per-pixel std across seeds: "
+                   f"mean {float(np.mean(std)):.2f}, max {float(np.max(std)):.1f} grey levels (heat map: black = 0)")
+        return gallery, heat, summary
+
+
 # --------------------------------------------------------------------------------------------
 # Components
 # --------------------------------------------------------------------------------------------
@@ -679,6 +885,8 @@ def build_demo(core: Any = None) -> gr.Blocks:
                                                     elem_id="compare-slider", max_height=600)
                         cmp_summary = gr.Markdown()
                         cmp_metrics = gr.Markdown()
+                    with gr.Tab("Studio", id="studio"):
+                        studio = _studio_tab(h)
 
         # API-only inputs/outputs of /upscale (hidden; defaults are what a client may leave out).
         with gr.Column(visible=False):
@@ -710,11 +918,147 @@ def build_demo(core: Any = None) -> gr.Blocks:
                       [cmp_slider, cmp_summary, cmp_metrics], api_visibility="private", **heavy)
         api_button.click(h.api_upscale, api_in, [api_out], api_name=API_NAME,
                          api_description="Upscale one image; returns the result as a PNG file.", **heavy)
+        _wire_studio(h, studio, image, heavy, light)
 
     demo.handlers = h  # for tests and embedding
     demo.queue(default_concurrency_limit=_env_int("SR_CONCURRENCY", 1),
                max_size=_env_int("SR_MAX_QUEUE", 16))
     return demo
+
+
+@dataclasses.dataclass
+class StudioTab:
+    """The Studio tab's components (shared controls, then the three sub-tabs)."""
+
+    method: gr.Dropdown
+    steps: gr.Slider
+    t: gr.Slider
+    kind: gr.Radio
+    seed_row: gr.Row
+    seed_a: gr.Number
+    seed_b: gr.Number
+    ref_row: gr.Row
+    ref_a: gr.Image
+    ref_b: gr.Image
+    frames: gr.Slider
+    lam: gr.Slider
+    run_interp: gr.Button
+    gallery: gr.Gallery
+    strip_file: gr.File
+    anim_file: gr.File
+    single: gr.Image
+    interp_summary: gr.Markdown
+    editor: gr.ImageEditor
+    region: gr.Radio
+    run_fuse: gr.Button
+    fused: gr.Image
+    mask: gr.Image
+    fuse_summary: gr.Markdown
+    div_method: gr.Dropdown
+    div_steps: gr.Number
+    div_seed: gr.Number
+    div_n: gr.Slider
+    run_div: gr.Button
+    div_gallery: gr.Gallery
+    div_std: gr.Image
+    div_summary: gr.Markdown
+
+
+def _studio_tab(h: Handlers) -> StudioTab:
+    from sr_core.studio import REGIONS
+
+    choices = h.studio_method_choices()
+    first = h._first_available(choices, h.core)
+    seeded = h.seeded_method_choices()
+    first_seeded = h._first_available(seeded, h.core)
+    steps_upd, t_upd = h.on_studio_method(first) if first else ({}, {})
+    gr.Markdown("SRDiff's latent-space manipulations of the input above: two sources (two seeds, or two HR "
+                "references diffused to step t) are mixed in the diffused residual and denoised for the last "
+                "t steps, conditioned on the input. λ = 0 gives source A, λ = 1 source B."
+                + ("" if choices else "\n\n*No method here supports the Studio (SRDiff's weights are needed).*"))
+    with gr.Row():
+        method = gr.Dropdown(choices=choices, value=first, label="Method (residual diffusion)",
+                             elem_id="studio-method", scale=2)
+        steps = gr.Slider(minimum=steps_upd.get("minimum", 1), maximum=steps_upd.get("maximum", 100), step=1,
+                          value=steps_upd.get("value", 1), label="Steps", elem_id="studio-steps", scale=2)
+        t = gr.Slider(minimum=1, maximum=t_upd.get("maximum", 100), step=1, value=t_upd.get("value", 1),
+                      label="t: steps run from the mix (t = steps: mix at the start)", elem_id="studio-t", scale=2)
+    kind = gr.Radio(list(STUDIO_SOURCES), value=STUDIO_SOURCES[0], label="Sources", elem_id="studio-sources")
+    with gr.Row() as seed_row:
+        seed_a = gr.Number(value=1, precision=0, minimum=0, maximum=MAX_SEED, label="Seed A (also the step noise "
+                           "with references)", elem_id="studio-seed-a")
+        seed_b = gr.Number(value=2, precision=0, minimum=0, maximum=MAX_SEED, label="Seed B", elem_id="studio-seed-b")
+    with gr.Row(visible=False) as ref_row:
+        ref_a = input_image(label="HR reference A", sources=["upload", "clipboard"], height=200, elem_id="studio-ref-a")
+        ref_b = input_image(label="HR reference B", sources=["upload", "clipboard"], height=200, elem_id="studio-ref-b")
+    with gr.Tabs():
+        with gr.Tab("Interpolation", id="studio-interpolation"):
+            with gr.Row():
+                frames = gr.Slider(2, STUDIO_MAX_FRAMES, step=1, value=5, label="Frames of the strip (λ = 0 … 1)",
+                                   elem_id="studio-frames")
+                lam = gr.Slider(0.0, 1.0, step=0.05, value=0.5, label="λ of the single result", elem_id="studio-lambda")
+            run_interp = gr.Button("Interpolate", variant="primary", elem_id="run-interpolate")
+            gallery = gr.Gallery(label="λ = 0 … 1 (click for a flip-through view)", format="png", columns=5,
+                                 height="auto", elem_id="studio-gallery", interactive=False)
+            single = gr.Image(label="Result at λ", type="pil", format="png", interactive=False, elem_id="studio-single")
+            with gr.Row():
+                strip_file = gr.File(label="Strip (PNG)", interactive=False, elem_id="studio-strip", height=80)
+                anim_file = gr.File(label="Animation (animated PNG)", interactive=False, elem_id="studio-anim",
+                                    height=80)
+            interp_summary = gr.Markdown(elem_id="studio-interp-summary")
+        with gr.Tab("Fusion", id="studio-fusion"):
+            gr.Markdown("Paint the region that should come from source A (or pick a preset region); source B "
+                        "fills the rest. The mask is mixed into the diffused latent at step t, then denoised.")
+            editor = gr.ImageEditor(label="Region of source A", type="pil", image_mode="RGBA", format="png",
+                                    sources=(), transforms=(), layers=False, height=320, elem_id="studio-editor",
+                                    brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=12))
+            region = gr.Radio([DRAWN_REGION, *REGIONS], value="left", label="Region of source A",
+                              elem_id="studio-region")
+            run_fuse = gr.Button("Fuse", variant="primary", elem_id="run-fuse")
+            with gr.Row():
+                fused = gr.Image(label="Fused result", type="pil", format="png", interactive=False,
+                                 elem_id="studio-fused")
+                mask = gr.Image(label="Mask used (white = source A)", type="pil", format="png", interactive=False,
+                                elem_id="studio-mask")
+            fuse_summary = gr.Markdown(elem_id="studio-fuse-summary")
+        with gr.Tab("Diversity", id="studio-diversity"):
+            gr.Markdown("Any seeded method: N seeds, the results, and the per-pixel standard deviation across them "
+                        "(where the model is unsure).")
+            with gr.Row():
+                div_method = gr.Dropdown(choices=seeded, value=first_seeded, label="Method", elem_id="div-method")
+                div_steps = gr.Number(value=0, precision=0, minimum=0, label="Steps (0 = the method's default)",
+                                      elem_id="div-steps")
+                div_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="First seed",
+                                     elem_id="div-seed")
+                div_n = gr.Slider(2, STUDIO_MAX_SEEDS, step=1, value=4, label="Seeds", elem_id="div-n")
+            run_div = gr.Button("Run the seeds", variant="primary", elem_id="run-diversity")
+            div_gallery = gr.Gallery(label="Results", format="png", columns=4, height="auto",
+                                     elem_id="div-gallery", interactive=False)
+            div_std = gr.Image(label="Per-pixel std across seeds", type="pil", format="png", interactive=False,
+                               elem_id="div-std")
+            div_summary = gr.Markdown(elem_id="div-summary")
+    return StudioTab(method, steps, t, kind, seed_row, seed_a, seed_b, ref_row, ref_a, ref_b, frames, lam, run_interp,
+                     gallery, strip_file, anim_file, single, interp_summary, editor, region, run_fuse, fused, mask,
+                     fuse_summary, div_method, div_steps, div_seed, div_n, run_div, div_gallery, div_std, div_summary)
+
+
+def _wire_studio(h: Handlers, st: StudioTab, image, heavy: dict, light: dict) -> None:
+    st.method.change(h.on_studio_method, [st.method], [st.steps, st.t], **light)
+    st.steps.change(h.on_studio_steps, [st.steps, st.t], [st.t], **light)
+    st.kind.change(h.on_studio_sources, [st.kind], [st.seed_row, st.ref_row], **light)
+    # the fusion canvas shows the input image; painting on it marks source A's region
+    image.change(lambda img: img, [image], [st.editor], **light)
+    for ev in (st.editor.input, st.editor.apply):  # a stroke on the canvas selects the drawn region
+        ev(lambda v: DRAWN_REGION if h.mask_from_editor(v) is not None else gr.update(), [st.editor], [st.region],
+           **light)
+    shared = [st.method, st.steps, st.t, st.kind, st.seed_a, st.seed_b, st.ref_a, st.ref_b]
+    st.run_interp.click(h.run_interpolate, [image, *shared, st.frames, st.lam],
+                        [st.gallery, st.strip_file, st.anim_file, st.single, st.interp_summary],
+                        api_visibility="private", **heavy)
+    st.run_fuse.click(h.run_fuse, [image, *shared, st.editor, st.region], [st.fused, st.mask, st.fuse_summary],
+                      api_visibility="private", **heavy)
+    st.run_div.click(h.run_diversity, [image, st.div_method, st.div_steps, st.div_seed, st.div_n],
+                     [st.div_gallery, st.div_std, st.div_summary], api_visibility="private", **heavy)
 
 
 def _scale_init(h: Handlers, a: Optional[str], b: Optional[str]) -> dict:

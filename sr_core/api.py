@@ -77,8 +77,7 @@ def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
     device = resolve_device(settings.device)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
     h, w = int(lr.shape[-2]), int(lr.shape[-1])
-    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress, full_size=(h, w),
-                     margin=max(int(info.size_multiple), 1))
+    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress, full_size=(h, w))
     x = lr.to(device)
     s = settings.scale
 

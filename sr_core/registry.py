@@ -55,6 +55,7 @@ def _build_default() -> Registry:
     from .methods.baselines import Bicubic, Lanczos
     from .methods.resshift import ResShift
     from .methods.sinsr import SinSR
+    from .methods.srdiff import SRDiff
 
     reg = Registry()
     reg.register("bicubic", Bicubic)
@@ -66,6 +67,7 @@ def _build_default() -> Registry:
     reg.register("resshift-v1", lambda: ResShift("v1"))  # 15 steps; the paper model, SinSR's teacher
     reg.register("resshift-v2", lambda: ResShift("v2"))  # 15 steps
     reg.register("resshift-bicsr", lambda: ResShift("bicsr"))  # 4 steps; bicubic degradation (benchmarks)
+    reg.register("srdiff", lambda: SRDiff("official"))  # DIV2K x4, 100 steps (respaced 1..100)
     return reg
 
 

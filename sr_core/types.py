@@ -10,6 +10,7 @@ frozen dataclass whose defaults are the project's defaults; presets override fie
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Protocol, runtime_checkable
 
@@ -85,6 +86,8 @@ class MethodInfo:
     weights: tuple[WeightSpec, ...] = ()  # files the method needs
     family: str = "baseline"  # "baseline", "regression", "diffusion" -- grouping in menus
     max_input_pixels: Optional[int] = None  # method-specific input limit, None: the global one
+    supports_interpolation: bool = False  # latent interpolation / content fusion (sr_core.studio): the
+    # method object offers `prepare(lr, ctx)` sessions that diffuse a residual to step t and run the reverse chain
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -120,9 +123,9 @@ class Availability:
 class RunContext:
     """What the facade hands a method for one call (one tile, when the facade tiles).
 
-    Randomness: `randn` cuts the noise for the region this call covers out of one field per key,
-    drawn once per request from `generator` at the size of the whole image, so overlapping tiles
-    see the same noise and results do not depend on the order tiles run in.
+    Randomness: `randn` gives the noise of the region this call covers as a pure function of the
+    request's seed, a key and the position in the whole image, so overlapping tiles see the same
+    noise and results do not depend on the order tiles run in.
     """
 
     settings: Settings
@@ -133,8 +136,7 @@ class RunContext:
     tile_box: Optional[tuple[int, int, int, int]] = None  # (y0, x0, y1, x1) LR pixels this call covers
     tile_index: int = 0
     tile_count: int = 1
-    margin: int = 0  # extra LR pixels a call may see beyond the image (padding to a size multiple)
-    _fields: dict = field(default_factory=dict, repr=False)
+    _base_seed: Optional[int] = field(default=None, repr=False)
 
     def report(self, fraction: float, message: str = "") -> None:
         """Progress of this call in [0, 1], mapped into this tile's share of the whole request."""
@@ -145,24 +147,34 @@ class RunContext:
     def randn(self, key, channels: int, height: int, width: int, factor: int = 1) -> torch.Tensor:
         """Standard normal noise (1, channels, height, width) on the CPU for this call's region.
 
-        `factor` is noise pixels per LR pixel (1 for a latent at LR size); `height`/`width` are the
-        size the method needs (its padded input times `factor`).  `key` names the draw (for example
-        ("x_T",) or ("step", i)); each key's field is drawn at first use, in the order of first use.
+        The noise at a position depends only on the request's seed, `key`, `channels`, `factor` and
+        the position in the whole image: the plane is cut into NOISE_BLOCK x NOISE_BLOCK blocks, each
+        drawn from a generator seeded by a hash of those values.  So overlapping tiles see the same
+        noise, results do not depend on the order tiles run in, and nothing image-sized is stored.
+        `factor` is noise pixels per LR pixel (1 for a latent at LR size, the scale for pixel-space
+        diffusion); `height`/`width` are the size the method needs (its padded input times
+        `factor`); `key` names the draw, e.g. ("x_T",) or ("step", 7) (str/int/tuples only).
         """
+        if self._base_seed is None:  # drawn once from the request's generator
+            self._base_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
         y0, x0 = (self.tile_box or (0, 0, 0, 0))[:2]
         oy, ox = y0 * factor, x0 * factor
-        fkey = (key, int(channels), int(factor))
-        fld = self._fields.get(fkey)
-        if fld is None:
-            # the field's size depends on the whole image only, never on the first caller's tile
-            base_h, base_w = self.full_size if self.full_size[0] > 0 else (-(-height // factor), -(-width // factor))
-            fh, fw = (base_h + self.margin) * factor, (base_w + self.margin) * factor
-            fld = torch.randn(1, channels, fh, fw, generator=self.generator)
-            self._fields[fkey] = fld
-        if oy + height > fld.shape[-2] or ox + width > fld.shape[-1]:
-            raise ValueError(f"noise region {height}x{width} at ({oy}, {ox}) exceeds the field "
-                             f"{tuple(fld.shape[-2:])}; the method asked for more than its padded input")
-        return fld[:, :, oy:oy + height, ox:ox + width].clone()
+        B = NOISE_BLOCK
+        out = torch.empty(1, channels, height, width)
+        for by in range(oy // B, (oy + height - 1) // B + 1):
+            for bx in range(ox // B, (ox + width - 1) // B + 1):
+                digest = hashlib.blake2b(repr((self._base_seed, key, int(channels), int(factor), by, bx)).encode(),
+                                         digest_size=8).digest()
+                g = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+                block = torch.randn(1, channels, B, B, generator=g)
+                ys, xs = max(oy, by * B), max(ox, bx * B)
+                ye, xe = min(oy + height, (by + 1) * B), min(ox + width, (bx + 1) * B)
+                out[:, :, ys - oy:ye - oy, xs - ox:xe - ox] = block[:, :, ys - by * B:ye - by * B,
+                                                                     xs - bx * B:xe - bx * B]
+        return out
+
+
+NOISE_BLOCK = 64  # side of the independently seeded noise blocks of RunContext.randn
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ BASELINE = MethodInfo(id="nearest", label="Nearest (fake)", description="Nearest
 SAMPLER = MethodInfo(id="sampler", label="Sampler (fake)", description="Fake diffusion sampler.",
                      scales=(4,), default_scale=4, steps=StepsSpec(1, 50, 20), supports_fidelity=True,
                      uses_seed=True, tiling_space="pixel", default_tile=64, default_color_fix="adain",
-                     family="diffusion")
+                     family="diffusion", supports_interpolation=True)
 FIXED = MethodInfo(id="onestep", label="One-step (fake)", description="Fixed one step.", scales=(2, 4),
                    steps=StepsSpec(1, 1, 1), uses_seed=True)
 LOCKED = MethodInfo(id="locked", label="Locked (fake)", description="Needs weights.", scales=(4,),
@@ -46,6 +46,7 @@ class FakeCore:
                          (LOCKED, Availability(False, LOCKED_REASON))]
         self.calls: list[tuple[str, Settings]] = []
         self.progress_seen: list[float] = []
+        self.studio_calls: list[tuple] = []
         self.fail_with = fail_with
 
     def methods(self):
@@ -90,6 +91,57 @@ class FakeCore:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         image.save(path, format="PNG")
         return Path(path)
+
+    # ---- Studio (same interface as app.Core; results are nearest-neighbour upscales tinted by the mix)
+
+    def _studio_check(self, method_id, settings, need_studio=True):
+        info, avail = self.method(method_id)
+        if not avail.ok:
+            raise WeightsUnavailable(f"{info.label} is not available: {avail.reason}")
+        if need_studio and not info.supports_interpolation:
+            raise InputError(f"{info.label} does not support latent interpolation / fusion")
+        if self.fail_with is not None:
+            raise self.fail_with
+        return info
+
+    @staticmethod
+    def _tinted(image, scale, w):
+        img = (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+        out = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        return Image.blend(out, Image.new("RGB", out.size, (0, 0, 255)), 0.5 * float(w))
+
+    def interpolate(self, image, method_id, sources, lambdas, t, settings, progress=None):
+        from sr_core.studio import StudioResult
+
+        self._studio_check(method_id, settings)
+        self.studio_calls.append(("interpolate", method_id, list(sources), list(lambdas), t, settings))
+        if progress:
+            progress(0.5, "half")
+        kind = "seeds" if all(isinstance(x, int) for x in sources) else "references"
+        return StudioResult(images=[self._tinted(image, settings.scale, lam) for lam in lambdas], lambdas=list(lambdas),
+                            t=t, steps=settings.steps or 20, sources=kind, seconds=0.01, settings=settings)
+
+    def fuse(self, image, method_id, source_a, source_b, mask, t, settings, progress=None):
+        from sr_core.studio import StudioResult, region_mask
+
+        self._studio_check(method_id, settings)
+        self.studio_calls.append(("fuse", method_id, [source_a, source_b], mask, t, settings))
+        out = self._tinted(image, settings.scale, 0.0)
+        m = region_mask(mask, out.height, out.width) if isinstance(mask, str) else None
+        mask_img = Image.fromarray((m * 255).astype("uint8"), "L") if m is not None else Image.new("L", out.size, 255)
+        kind = "seeds" if isinstance(source_a, int) else "references"
+        return StudioResult(images=[out], t=t, steps=settings.steps or 20, sources=kind, seconds=0.01,
+                            settings=settings, mask=mask_img)
+
+    def diversity(self, image, method_id, seeds, settings, progress=None):
+        import numpy as np
+
+        info = self._studio_check(method_id, settings, need_studio=False)
+        self.studio_calls.append(("diversity", method_id, list(seeds), settings))
+        images = [self._tinted(image, info.default_scale, (s % 3) / 3) for s in seeds]
+        arr = np.stack([np.asarray(i, dtype=np.float32) for i in images])
+        std = arr.std(axis=0).mean(axis=-1)
+        return images, std, Image.fromarray(np.clip(std, 0, 255).astype("uint8")).convert("RGB")
 
 
 class ToySampler:

@@ -2,7 +2,9 @@
 
 `resshift` holds the residual-shifting process of ResShift (Yue et al., NeurIPS 2023; official
 `models/gaussian_diffusion.py` of zsyOAOA/ResShift) and the deterministic sampler SinSR derives from
-it (Wang et al., CVPR 2024; official `models/gaussian_diffusion.py` of wyf0912/SinSR).  Samplers share
+it (Wang et al., CVPR 2024; official `models/gaussian_diffusion.py` of wyf0912/SinSR).  `ddpm` holds the
+cosine-schedule DDPM of SRDiff (Li et al., Neurocomputing 2022; official `models/diffusion.py` of
+LeiaLi/SRDiff) with epsilon prediction, ancestral sampling and timestep respacing.  Samplers share
 one shape: `(denoise_fn, y, schedule, *, generator, noise, callback) -> x0`.
 """
 
