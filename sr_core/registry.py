@@ -53,6 +53,7 @@ class Registry:
 
 def _build_default() -> Registry:
     from .methods.baselines import Bicubic, Lanczos
+    from .methods.osediff import OSEDiff
     from .methods.resshift import ResShift
     from .methods.sinsr import SinSR
     from .methods.srdiff import SRDiff
@@ -68,6 +69,7 @@ def _build_default() -> Registry:
     reg.register("resshift-v2", lambda: ResShift("v2"))  # 15 steps
     reg.register("resshift-bicsr", lambda: ResShift("bicsr"))  # 4 steps; bicubic degradation (benchmarks)
     reg.register("srdiff", lambda: SRDiff("official"))  # DIV2K x4, 100 steps (respaced 1..100)
+    reg.register("osediff", lambda: OSEDiff("official"))  # 1 step on SD-2.1-base + the official LoRA
     return reg
 
 
