@@ -55,12 +55,15 @@ def _build_default() -> Registry:
     from .methods.baselines import Bicubic, Lanczos
     from .methods.osediff import OSEDiff
     from .methods.resshift import ResShift
+    from .methods.rrdb import RRDBMini
     from .methods.sinsr import SinSR
     from .methods.srdiff import SRDiff
 
     reg = Registry()
     reg.register("bicubic", Bicubic)
     reg.register("lanczos", Lanczos)
+    # Bundled minis, trained by this project (assets/weights/<id>/, each with a model card):
+    reg.register("rrdb-mini", RRDBMini)
     # Official checkpoints (downloaded on first use, or from SR_WEIGHTS_DIR / the env vars):
     reg.register("sinsr", lambda: SinSR("v1"))  # one step; the official demo's checkpoint
     reg.register("sinsr-v2", lambda: SinSR("v2"))  # one step; RealSR-tuned

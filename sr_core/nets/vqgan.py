@@ -125,11 +125,22 @@ class _Level(nn.Module):
         return h
 
 
+def _make_attn(channels: int, attn_type: str) -> nn.Module:
+    """Upstream `make_attn`: "vanilla" (also its xformers twin) is `AttnBlock`, "none" an identity
+    (no parameters).  The other upstream types ("linear", "memory-efficient-cross-attn") are not
+    used by any ResShift/SinSR config and are refused rather than silently replaced."""
+    if attn_type in ("vanilla", "vanilla-xformers"):
+        return AttnBlock(channels)
+    if attn_type == "none":
+        return nn.Identity()
+    raise ValueError(f"attn_type {attn_type!r} is not supported (vanilla, none)")
+
+
 class _Mid(nn.Module):
-    def __init__(self, ch: int, dropout: float):
+    def __init__(self, ch: int, dropout: float, attn_type: str = "vanilla"):
         super().__init__()
         self.block_1 = ResnetBlock(ch, ch, dropout=dropout)
-        self.attn_1 = AttnBlock(ch)
+        self.attn_1 = _make_attn(ch, attn_type)
         self.block_2 = ResnetBlock(ch, ch, dropout=dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -150,7 +161,7 @@ class Encoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8),
                  num_res_blocks: Union[int, Sequence[int]], attn_resolutions: Sequence[int] = (),
                  dropout: float = 0.0, resamp_with_conv: bool = True, in_channels: int, resolution: int,
-                 z_channels: int, double_z: bool = True, **_ignored):
+                 z_channels: int, double_z: bool = True, attn_type: str = "vanilla", **_ignored):
         super().__init__()
         nrb = _per_level(num_res_blocks, len(ch_mult))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -165,12 +176,12 @@ class Encoder(nn.Module):
                 level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
                 block_in = block_out
                 if res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(_make_attn(block_in, attn_type))
             if i != len(ch_mult) - 1:
                 level.downsample = Downsample(block_in, resamp_with_conv)
                 res //= 2
             self.down.append(level)
-        self.mid = _Mid(block_in, dropout)
+        self.mid = _Mid(block_in, dropout, attn_type)
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, 1, 1)
 
@@ -191,7 +202,8 @@ class Decoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8),
                  num_res_blocks: Union[int, Sequence[int]], attn_resolutions: Sequence[int] = (),
                  dropout: float = 0.0, resamp_with_conv: bool = True, in_channels: int, resolution: int,
-                 z_channels: int, give_pre_end: bool = False, tanh_out: bool = False, **_ignored):
+                 z_channels: int, give_pre_end: bool = False, tanh_out: bool = False,
+                 attn_type: str = "vanilla", **_ignored):
         super().__init__()
         nrb = _per_level(num_res_blocks, len(ch_mult))
         self.give_pre_end, self.tanh_out = give_pre_end, tanh_out
@@ -199,7 +211,7 @@ class Decoder(nn.Module):
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
-        self.mid = _Mid(block_in, dropout)
+        self.mid = _Mid(block_in, dropout, attn_type)
         levels: list[_Level] = []
         for i in reversed(range(n)):
             level = _Level()
@@ -208,7 +220,7 @@ class Decoder(nn.Module):
                 level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
                 block_in = block_out
                 if res in attn_resolutions:
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(_make_attn(block_in, attn_type))
             if i != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
                 res *= 2

@@ -1,0 +1,121 @@
+"""Command line of the training kit.
+
+    python -m sr_core.training list
+    python -m sr_core.training pack [--out packs/train_x4.npz] [--folders DIR ...] [--n-crops 320] [--seed 0]
+    python -m sr_core.training RECIPE [--pack FILE] [--out DIR] [--max-steps N] [--resume] [--device auto|cpu|cuda]
+                                      [--mixed-precision auto|no|bf16|fp16] [--time-budget MIN] [--set key=value ...]
+    python -m sr_core.training export RUN_DIR [--id rrdb-mini] [--dtype fp16|fp32] [--no-eval]
+
+Multi-GPU / multi-node: `accelerate launch -m sr_core.training RECIPE ...`.  Mirrors the workflow of
+the official repos' train scripts (config -> trainer -> checkpoint) with recipes kept as code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .recipes import RECIPES, apply_overrides, get_recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PACK = REPO_ROOT / "packs" / "train_x4_s256_n320.npz"
+
+
+def _pack_main(argv: list[str]) -> int:
+    from .data import DEFAULT_TRAIN_ROOT, build_pack, default_folders
+
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training pack", description="build a training pack (.npz)")
+    ap.add_argument("--out", default=str(DEFAULT_PACK))
+    ap.add_argument("--folders", nargs="*", default=None,
+                    help=f"data set folders (default: every folder under {DEFAULT_TRAIN_ROOT})")
+    ap.add_argument("--n-crops", type=int, default=320)
+    ap.add_argument("--hr-size", type=int, default=256)
+    ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-mib", type=float, default=50.0)
+    a = ap.parse_args(argv)
+    folders = a.folders or default_folders()
+    meta = build_pack(a.out, folders, n_crops=a.n_crops, hr_size=a.hr_size, scale=a.scale, seed=a.seed,
+                      max_mib=a.max_mib, verbose=True)
+    print(json.dumps({k: v for k, v in meta.items() if k != "files"}, indent=2))
+    return 0
+
+
+def _export_main(argv: list[str]) -> int:
+    from .export import export_run
+
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training export", description="export a run to assets/weights")
+    ap.add_argument("run", help="run folder (holds ckpt/last.pt and train_info.json)")
+    ap.add_argument("--id", default=None, help="model id (default: the recipe's export_id)")
+    ap.add_argument("--assets", default=None, help="weights root (default: assets/weights)")
+    ap.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored weight precision")
+    ap.add_argument("--weights", default="ema", choices=("ema", "model"))
+    ap.add_argument("--no-eval", action="store_true", help="skip the Set5/Set14/BSD100 figures")
+    ap.add_argument("--eval-limit", type=int, default=0, help="images per eval set (0: all)")
+    ap.add_argument("--note", default="", help="free text added to the model card (e.g. how the run went)")
+    a = ap.parse_args(argv)
+    res = export_run(a.run, model_id=a.id, assets_dir=a.assets, dtype=a.dtype, which=a.weights,
+                     evaluate=not a.no_eval, eval_limit=a.eval_limit or None, notes=a.note)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _train_main(name: str, argv: list[str]) -> int:
+    from .trainer import train
+
+    ap = argparse.ArgumentParser(prog=f"python -m sr_core.training {name}", description=get_recipe(name).description)
+    ap.add_argument("--pack", default=str(DEFAULT_PACK), help="training pack (.npz); built with defaults if missing")
+    ap.add_argument("--out", default=None, help="run folder (default runs/<recipe>)")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt/last.pt")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"))
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="minutes: stop then, and anneal the LR over max(step/max_steps, time/budget)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--no-val", action="store_true", help="skip Set5 validation")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe field (lr=5e-4, model.nf=16, degradation.realesrgan=0.5)")
+    a = ap.parse_args(argv)
+    recipe = apply_overrides(get_recipe(name), a.set)
+    pack = Path(a.pack)
+    if not pack.exists():
+        from .data import build_pack
+
+        print(f"pack {pack} not found; building it with defaults")
+        build_pack(pack, scale=recipe.scale, verbose=True)
+    out = Path(a.out) if a.out else REPO_ROOT / "runs" / name
+    from .trainer import SET5_HR
+
+    train(recipe, pack_path=pack, out=out, max_steps=a.max_steps, resume=a.resume, device=a.device,
+          mixed_precision=a.mixed_precision, time_budget_min=a.time_budget, threads=a.threads,
+          val_dir=None if a.no_val else SET5_HR, log=lambda s: print(s, flush=True))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = ("usage: python -m sr_core.training {list | pack ... | export RUN ... | RECIPE ...}\n"
+             f"recipes: {', '.join(sorted(RECIPES))}")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "list":
+        for k, r in sorted(RECIPES.items()):
+            print(f"{k:<16} {r.description}")
+        return 0
+    if cmd == "pack":
+        return _pack_main(rest)
+    if cmd == "export":
+        return _export_main(rest)
+    if cmd in RECIPES:
+        return _train_main(cmd, rest)
+    print(f"unknown recipe or command {cmd!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,908 @@
+"""Training recipes of the bundled ResShift / SinSR minis, in three stages, plus their export.
+
+    vqf4-mini     stage 1: the small VQ-f4 autoencoder on HR crops of the pack
+    resshift-mini stage 2: the mini UNet with ResShift's objective in the frozen vqf4-mini latent space
+    sinsr-mini    stage 3: SinSR's one-step student distilled from the frozen resshift-mini
+
+    python -m sr_core.training vqf4-mini     --out runs/vqf4-mini      (once registered in RECIPES)
+    python -m sr_core.training resshift-mini --out runs/resshift-mini  --set ae_from=runs/vqf4-mini
+    python -m sr_core.training sinsr-mini    --out runs/sinsr-mini     --set teacher_from=runs/resshift-mini
+    python -m sr_core.training.recipes_resshift export runs/resshift-mini   (bundle + model card)
+    python -m sr_core.training.recipes_resshift recon runs/vqf4-mini        (autoencoder PSNR on HR)
+    python -m sr_core.training.recipes_resshift configs                     (mini configs, sizes)
+    python -m sr_core.training.recipes_resshift bench --sizes 64,128        (both minis, one process)
+    python -m sr_core.training.recipes_resshift train RECIPE ...            (= python -m sr_core.training,
+                                                                             these recipes registered)
+
+The mini architecture (`MINI_MODEL_CONFIG`) was chosen by measurement (see `mini_bundle_config`):
+the time of ResShift-15 is A + 15 U and of SinSR-1 is A + U (A = autoencoder encode + quantise +
+decode, U = one UNet call), so a >= 10x speed-up needs A <= ~0.55 U.  The autoencoder is therefore
+as light as the official Encoder/Decoder allow at full resolution (32 channels, ch_mult 1,1,2,
+num_res_blocks 0,1,1 so one ResnetBlock at the top decoder level, no up/down-sampling convs, no
+mid-block attention (`attn_type: none`, an official option; its full attention over the latent is
+quadratic in the image area), 1024 codes instead of 8192 (the quantiser's nearest-code search is
+N x K and was the largest single cost)), and the UNet carries the compute at the latent size: two
+levels of 96 channels (5 and 2 ResBlocks), Swin width 96, window 8.
+
+Objectives follow the official code (read, not copied):
+- stage 1: L1 reconstruction (+ a small L1 on image gradients) of [-1, 1] images, the VQ-VAE
+  codebook loss ||sg(z) - e||^2 plus beta ||z - sg(e)||^2 (beta 0.25), straight-through gradients,
+  the codebook initialised from encoder outputs and dead codes restarted early in training (the
+  LDM autoencoders were trained with a GAN/LPIPS loss; here PSNR matters, so plain L1).
+- stage 2 (ResShift `GaussianDiffusion.training_losses`): z0 = E(HR), y = E(bicubic-up(LR)) with the
+  pre-quantisation encoder and torch's bicubic x4, t ~ U{0..T-1}, x_t = q_sample(z0, y, t, eps), the
+  UNet predicts z0 from (x_t / sqrt(kappa^2 eta_t + 1), t, lq = LR in [-1, 1]); loss MSE in latent
+  space; T = 15, kappa 2, min_noise_level 0.04, p 0.3 (the v1 config SinSR distils).
+- stage 3 (SinSR `training_losses_distill` with `learn_xT: True`, `finetune_use_gt: 1.0`): the student
+  (initialised from the teacher) is called at index T-1 on x_T = y + kappa sqrt(eta_T) eps;
+  (1) distillation MSE(f(x_T), F(x_T, y)) where F = `sample_sinsr_ddim` with the frozen teacher;
+  (2) inverse MSE(f_inv(F(x_T, y)), x_T), f_inv = the student called at index 0 on the input scaled
+  as at T-1; (3) consistency-preserving MSE(f(sg(f_inv(E(HR)))), E(HR)), the inverse pass without
+  gradient; weights 1, 1, 1.  Official optimiser AdamW lr 5e-5, EMA 0.999.
+
+Everything trains through `sr_core.training.trainer.train` (accelerate, EMA, checkpoints); the
+model handed to the trainer is a wrapper whose forward returns the loss terms, so multi-GPU DDP
+sees one forward per step.  The code is ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion import resshift as rs
+from .degradations import DegradationMix
+from .recipes import RECIPES, Recipe
+
+__all__ = [
+    "MINI_MODEL_CONFIG", "SMOKE_MODEL_SETS", "mini_bundle_config", "VQTrainer", "ResShiftTrainer", "SinSRTrainer",
+    "VQF4Recipe", "ResShiftRecipe", "SinSRRecipe", "RESSHIFT_RECIPES", "register", "export_resshift_run",
+    "load_autoencoder", "load_teacher", "sr_latent", "sinsr_losses", "teacher_map", "bench_pair",
+    "bundle_config_for", "config_from_state", "recon_psnr", "evaluate_bundle",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
+EVAL_SETS = ("Set5", "Set14", "BSD100")
+BICUBIC_X4 = {"Set5": 28.42, "Set14": 26.00, "BSD100": 25.96}
+
+# Flat network config of the minis (recipe `model_config`; `--set model.KEY=VALUE` overrides).  Chosen
+# by measurement with random weights (`sr_core.bench` through the methods, both minis in one process,
+# 1 thread of this project's 2-core CPU under load): resshift-mini 4.2 s / 28.1 s and sinsr-mini
+# 0.37 s / 2.12 s at LR 64 / 128, i.e. 11.4x / 13.2x; UNet 6.82 M + autoencoder 0.60 M parameters.
+MINI_MODEL_CONFIG: dict[str, Any] = {
+    # UNet (ResShiftUNet keyword arguments; the rest as in the release)
+    "model_channels": 96, "channel_mult": [1, 1], "num_res_blocks": [5, 2], "swin_embed_dim": 96,
+    "num_head_channels": 32, "window_size": 8,
+    # construction size = the training latent (LR patch 32): Swin attention at both levels (32, 16), and
+    # the stored shifted-window masks are those of 32x32 (other sizes get theirs computed at run time)
+    "image_size": 32, "attention_resolutions": [32, 16],
+    # autoencoder (VQModel ddconfig / n_embed)
+    "ae_ch": 32, "ae_ch_mult": [1, 1, 2], "ae_num_res_blocks": [0, 1, 1], "n_embed": 1024,
+    "ae_attn_type": "none", "ae_resamp_with_conv": False,
+    # diffusion (ResShift v1: T 15, kappa 2, min 0.04, p 0.3)
+    "steps": 15, "kappa": 2.0, "min_noise_level": 0.04, "power": 0.3,
+}
+# Tiny networks for the CPU smoke runs (seconds): one UNet level, a 32-channel autoencoder.
+SMOKE_MODEL_SETS = (
+    "model.model_channels=32", "model.channel_mult=[1]", "model.num_res_blocks=[1]",
+    "model.attention_resolutions=[]", "model.swin_embed_dim=32", "model.window_size=4", "model.image_size=16",
+    "model.ae_ch=32", "model.ae_ch_mult=[1,1,1]", "model.ae_num_res_blocks=0", "model.n_embed=64",
+)
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    return p
+
+
+def mini_bundle_config(model_config: dict, kind: str = "resshift") -> dict:
+    """The bundle config.json (a `CONFIGS`-shaped dict) of a mini from the flat `model_config`.
+
+    kind "resshift": ResShift's UNet variant (3 input channels + LR); "sinsr": SinSR's (`in_channels`
+    6, `direct_lq`), which has the same parameters and computes the same function for an LR of the
+    latent's size.  `lr_pad_multiple` is the UNet's size multiple.
+    """
+    from ..methods.resshift import unet_size_multiple
+    from ..nets.resshift_configs import mini_config
+
+    mc = dict(MINI_MODEL_CONFIG)
+    mc.update(model_config or {})
+    base = {"resshift": "resshift_realsrx4_s15_v1", "sinsr": "SinSR_v1"}[kind]
+    extra = {k: (list(mc[k]) if k == "attention_resolutions" else mc[k])
+             for k in ("attention_resolutions", "mlp_ratio", "image_size") if k in mc}
+    cfg = mini_config(base, model_channels=int(mc["model_channels"]), channel_mult=list(mc["channel_mult"]),
+                      num_res_blocks=list(mc["num_res_blocks"]), swin_embed_dim=int(mc["swin_embed_dim"]),
+                      num_head_channels=int(mc["num_head_channels"]), window_size=int(mc["window_size"]),
+                      ae_ch=int(mc["ae_ch"]), ae_ch_mult=list(mc["ae_ch_mult"]),
+                      ae_num_res_blocks=mc["ae_num_res_blocks"], n_embed=int(mc["n_embed"]), **extra)
+    if "image_size" in mc and not cfg["unet"].get("direct_lq"):
+        cfg["unet"]["lq_size"] = int(mc["image_size"])  # LR at the latent's size: no feature extractor
+    dd = cfg["autoencoder"]["ddconfig"]
+    dd["attn_type"] = str(mc["ae_attn_type"])
+    dd["resamp_with_conv"] = bool(mc["ae_resamp_with_conv"])
+    d = cfg["diffusion"]
+    d["steps"], d["kappa"] = int(mc["steps"]), float(mc["kappa"])
+    d["min_noise_level"], d["power"] = float(mc["min_noise_level"]), float(mc["power"])
+    cfg["lr_pad_multiple"] = unet_size_multiple(cfg["unet"])
+    mid = f"{kind}-mini"
+    cfg.update({"name": mid, "notes": f"project mini ({mid}): ResShift/SinSR architecture at a small width, "
+                                      "trained by sr_core.training.recipes_resshift"})
+    return cfg
+
+
+def _schedule(cfg: dict) -> rs.ResShiftSchedule:
+    d = cfg["diffusion"]
+    return rs.make_schedule(int(d["steps"]), float(d["kappa"]), float(d["min_noise_level"]), float(d.get("power", 0.3)),
+                            float(d.get("etas_end", 0.99)), normalize_input=bool(d.get("normalize_input", True)))
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# the config travels inside the checkpoint
+
+
+class _HasConfig(nn.Module):
+    """A module whose bundle config is also a uint8 buffer (`bundle_config`, JSON), so a run's
+    checkpoint (model, EMA) fully describes the networks for the next stage and for export."""
+
+    def _set_config(self, cfg: dict) -> None:
+        self.config = cfg
+        data = json.dumps(cfg, sort_keys=True).encode()
+        self.register_buffer("bundle_config", torch.tensor(list(data), dtype=torch.uint8))
+
+
+def config_from_state(sd: dict) -> dict:
+    return json.loads(bytes(sd["bundle_config"].to(torch.uint8).tolist()).decode())
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 1: the autoencoder
+
+
+class VQTrainer(_HasConfig):
+    """Wraps a `VQModel` for training; forward(hr in [0, 1]) -> loss terms.
+
+    The quantiser runs here in float32 (outside autocast: bf16 distances would pick wrong codes)
+    with the standard VQ-VAE loss (codebook + beta * commitment); `VQModel.quantize`'s own loss
+    keeps upstream's legacy beta placement and is not used.  Codes: initialised from the first
+    batch's encoder outputs; codes unused for `restart_every` steps are re-seeded from random
+    encoder outputs of the current batch until step `restart_until`.
+    """
+
+    def __init__(self, ae: nn.Module, config: dict, beta: float = 0.25, edge_weight: float = 0.1,
+                 restart_every: int = 50, restart_until: int = 2000):
+        super().__init__()
+        self.ae = ae
+        self._set_config(config)
+        self.beta, self.edge_weight = float(beta), float(edge_weight)
+        self.restart_every, self.restart_until = int(restart_every), int(restart_until)
+        self.register_buffer("code_hits", torch.zeros(ae.quantize.n_e))
+        self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _maintain_codebook(self, flat: torch.Tensor, idx: torch.Tensor) -> bool:
+        """Init / dead-code restart; True when the codebook changed."""
+        emb = self.ae.quantize.embedding.weight
+        step = int(self.steps_seen)
+        self.steps_seen += 1
+        if step == 0:  # data-dependent init: random encoder outputs (+ a little noise)
+            pick = torch.randint(0, flat.shape[0], (emb.shape[0],), device=flat.device)
+            emb.copy_(flat[pick] + 0.01 * flat.std() * torch.randn_like(emb))
+            _broadcast(emb)
+            self.code_hits.zero_()
+            return True
+        self.code_hits += torch.bincount(idx, minlength=emb.shape[0]).to(self.code_hits.dtype)
+        if not (self.restart_every and step % self.restart_every == 0 and step <= self.restart_until):
+            return False
+        dead = self.code_hits == 0
+        n = int(dead.sum())
+        self.code_hits.zero_()
+        if n:
+            pick = torch.randint(0, flat.shape[0], (n,), device=flat.device)
+            emb[dead] = flat[pick] + 0.01 * flat.std() * torch.randn(n, emb.shape[1], device=flat.device)
+        _broadcast(emb)  # on every rank at every restart step (collective), whatever its own `n`
+        return True
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(straight-through z_q, codebook loss, commitment loss) in float32."""
+        q = self.ae.quantize
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            b, c, h, w = z.shape
+            idx = q.indices(z.detach())
+            if self.training and self._maintain_codebook(z.detach().permute(0, 2, 3, 1).reshape(-1, c), idx):
+                idx = q.indices(z.detach())
+            zq = q.embedding(idx).view(b, h, w, c).permute(0, 3, 1, 2)
+            codebook = F.mse_loss(zq, z.detach())
+            commit = F.mse_loss(z, zq.detach())
+            return z + (zq - z).detach(), codebook, commit
+
+    def forward(self, hr: torch.Tensor) -> dict:
+        x = hr * 2 - 1
+        z = self.ae.encode(x)
+        zq, codebook, commit = self.quantize(z)
+        rec = self.ae.decoder(self.ae.post_quant_conv(zq.to(z.dtype))).float()
+        l1 = F.l1_loss(rec, x)
+        terms = {"l1": l1, "codebook": codebook, "commit": commit}
+        loss = l1 + codebook + self.beta * commit
+        if self.edge_weight:
+            edge = F.l1_loss(rec.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), x.diff(dim=-2))
+            terms["edge"] = edge
+            loss = loss + self.edge_weight * edge
+        terms["loss"] = loss
+        return terms
+
+
+def _broadcast(t: torch.Tensor) -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(t, 0)
+
+
+def _bicubic_up(y: torch.Tensor, sf: int) -> torch.Tensor:
+    return F.interpolate(y, scale_factor=sf, mode="bicubic")  # torch's bicubic, as the official code
+
+
+# ------------------------------------------------------------------------------------------------
+# loading stage outputs
+
+
+def _load_source(path: str) -> tuple[dict, dict, Optional[Path]]:
+    """(EMA state dict of a run | UNet state dict of a bundle, bundle config, bundle folder or None)."""
+    p = _resolve(path)
+    ck_path = p / "ckpt" / "last.pt" if p.is_dir() else p
+    if ck_path.is_file() and ck_path.suffix == ".pt":
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        return ck["ema"], config_from_state(ck["ema"]), None
+    if (p / "config.json").exists():
+        from ..weights import load_state_dict
+
+        return load_state_dict(p / "model.safetensors"), json.loads((p / "config.json").read_text()), p
+    raise FileNotFoundError(f"{path}: neither a run folder (ckpt/last.pt) nor a bundle folder (config.json)")
+
+
+def _sub(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def load_autoencoder(ae_from: str, model_config: Optional[dict] = None) -> tuple[nn.Module, dict]:
+    """(frozen VQ-f4 autoencoder, bundle config whose 'autoencoder' describes it) from a vqf4-mini or
+    resshift-mini run (EMA weights) or a mini bundle; `ae_from=''` builds a seeded random one from
+    `model_config` (smoke runs only)."""
+    from ..nets.vqgan import VQModel
+    from ..weights import load_into, load_state_dict
+
+    cfg = mini_bundle_config(model_config or {})
+    if not ae_from:
+        torch.manual_seed(1234)
+        return VQModel(**cfg["autoencoder"]).requires_grad_(False).eval(), cfg
+    sd, src_cfg, folder = _load_source(ae_from)
+    cfg["autoencoder"] = copy.deepcopy(src_cfg["autoencoder"])
+    ae = VQModel(**cfg["autoencoder"])
+    load_into(ae, load_state_dict(folder / "autoencoder.safetensors") if folder else _sub(sd, "ae."))
+    return ae.requires_grad_(False).eval(), cfg
+
+
+def load_teacher(teacher_from: str, model_config: Optional[dict] = None) -> tuple[nn.Module, nn.Module, dict]:
+    """(teacher UNet, autoencoder, its ResShift bundle config) from a resshift-mini run or bundle;
+    `teacher_from=''` gives seeded random networks from `model_config` (smoke runs only)."""
+    from ..nets.resshift_unet import ResShiftUNet
+    from ..nets.vqgan import VQModel
+    from ..weights import load_into, load_state_dict
+
+    if not teacher_from:
+        ae, cfg = load_autoencoder("", model_config)
+        torch.manual_seed(4321)
+        return ResShiftUNet(**cfg["unet"]).requires_grad_(False).eval(), ae, cfg
+    sd, cfg, folder = _load_source(teacher_from)
+    unet = ResShiftUNet(**cfg["unet"])
+    load_into(unet, sd if folder else _sub(sd, "unet."))
+    ae = VQModel(**cfg["autoencoder"])
+    load_into(ae, load_state_dict(folder / "autoencoder.safetensors") if folder else _sub(sd, "ae."))
+    return unet.requires_grad_(False).eval(), ae.requires_grad_(False).eval(), cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 2: ResShift
+
+
+class _LatentSR(_HasConfig):
+    """Shared by stages 2 and 3: the frozen autoencoder `ae`, the config, the schedule."""
+
+    def _frozen_eval(self, *nets: nn.Module) -> None:
+        for n in nets:
+            n.requires_grad_(False).eval()
+
+    def encode_pair(self, hr: Optional[torch.Tensor], lr: torch.Tensor):
+        """(z0 = E(HR) or None, y = E(up(LR)), lq = LR) with images in [-1, 1]; no gradient."""
+        sf = int(self.config["diffusion"].get("sf", 4))
+        lq = lr * 2 - 1
+        with torch.no_grad():
+            y = self.ae.encode(_bicubic_up(lq, sf)).float()
+            z0 = self.ae.encode(hr * 2 - 1).float() if hr is not None else None
+        return z0, y, lq
+
+
+class ResShiftTrainer(_LatentSR):
+    """forward(hr, lr in [0, 1]) -> {'loss', 'mse'}: ResShift's x0-prediction MSE at a random t."""
+
+    def __init__(self, unet: nn.Module, ae: nn.Module, config: dict):
+        super().__init__()
+        self.unet, self.ae = unet, ae
+        self._frozen_eval(ae)
+        self._set_config(config)
+        self.schedule = _schedule(config)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.ae.eval()
+        return self
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
+        z0, y, lq = self.encode_pair(hr, lr)
+        t = torch.randint(0, self.schedule.T, (z0.shape[0],), device=z0.device)
+        x_t = rs.q_sample(z0, y, self.schedule, t, torch.randn_like(z0))
+        pred = self.unet(rs.scale_input(x_t, self.schedule, t), t, lq=lq).float()
+        mse = F.mse_loss(pred, z0)
+        return {"loss": mse, "mse": mse}
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 3: SinSR
+
+
+def teacher_map(teacher: nn.Module, y: torch.Tensor, lq: torch.Tensor, schedule: rs.ResShiftSchedule,
+                noise: torch.Tensor) -> torch.Tensor:
+    """F(x_T, y): SinSR's deterministic sampler with the frozen teacher (T calls, no gradient)."""
+    with torch.no_grad():
+        return rs.sample_sinsr_ddim(lambda x, t: teacher(x, t, lq=lq).float(), y, schedule, noise=noise)
+
+
+def sinsr_losses(student: nn.Module, teacher: nn.Module, z_gt: torch.Tensor, y: torch.Tensor, lq: torch.Tensor,
+                 schedule: rs.ResShiftSchedule, noise: torch.Tensor, weights=(1.0, 1.0, 1.0)) -> dict:
+    """SinSR's three losses (official `training_losses_distill` with learn_xT, finetune_use_gt):
+
+    x_T = y + kappa sqrt(eta_T) eps; the student's forward pass f(x) = student(x / s_T, T-1), its
+    inverse pass g(x) = student(x / s_T, 0) (index 0, input scaled as at T-1, as upstream);
+    distill = MSE(f(x_T), F(x_T, y)); inverse = MSE(g(F(x_T, y)), x_T);
+    gt = MSE(f(sg(g(z_gt))), z_gt) with g under no_grad.  loss = w1 distill + w2 inverse + w3 gt.
+    """
+    n = y.shape[0]
+    t_last = torch.full((n,), schedule.T - 1, dtype=torch.long, device=y.device)
+    t_zero = torch.zeros_like(t_last)
+
+    def fwd(x):
+        return student(rs.scale_input(x, schedule, t_last), t_last, lq=lq).float()
+
+    def inv(x):
+        return student(rs.scale_input(x, schedule, t_last), t_zero, lq=lq).float()
+
+    x_T = rs.prior_sample(y, schedule, noise)
+    z_teacher = teacher_map(teacher, y, lq, schedule, noise)
+    distill = F.mse_loss(fwd(x_T), z_teacher)
+    inverse = F.mse_loss(inv(z_teacher), x_T)
+    with torch.no_grad():
+        xT_gt = inv(z_gt)
+    gt = F.mse_loss(fwd(xT_gt), z_gt)
+    w1, w2, w3 = weights
+    return {"loss": w1 * distill + w2 * inverse + w3 * gt, "distill": distill, "inverse": inverse, "gt": gt}
+
+
+class SinSRTrainer(_LatentSR):
+    """forward(hr, lr in [0, 1]) -> SinSR's loss terms; `unet` (the student) trains, `teacher` and
+    `ae` are frozen.  `config` is the teacher's (ResShift-variant) bundle config."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, ae: nn.Module, config: dict, weights=(1.0, 1.0, 1.0)):
+        super().__init__()
+        self.unet, self.teacher, self.ae = student, teacher, ae
+        self._frozen_eval(teacher, ae)
+        self._set_config(config)
+        self.weights = tuple(float(w) for w in weights)
+        self.schedule = _schedule(config)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        self.ae.eval()
+        return self
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
+        z_gt, y, lq = self.encode_pair(hr, lr)
+        return sinsr_losses(self.unet, self.teacher, z_gt, y, lq, self.schedule, torch.randn_like(y), self.weights)
+
+
+# ------------------------------------------------------------------------------------------------
+# inference (validation in the trainer; the served path is sr_core.methods.resshift)
+
+
+@torch.no_grad()
+def sr_latent(unet: nn.Module, ae: nn.Module, config: dict, lr: torch.Tensor, sampler: str = "stochastic",
+              seed: int = 0) -> torch.Tensor:
+    """SR (1, 3, 4h, 4w) in [0, 1] of an LR in [0, 1] with the method's pipeline: reflect-pad to the
+    UNet's multiple, [-1, 1], torch bicubic x4, encode, sample, decode (quantised), crop."""
+    from .. import tiling
+    from ..methods.resshift import unet_size_multiple
+
+    sf = int(config["diffusion"].get("sf", 4))
+    y0, (h, w) = tiling.pad_to_multiple(lr.float() * 2 - 1, unet_size_multiple(config["unet"]))
+    schedule = _schedule(config)
+    z_y = ae.encode(_bicubic_up(y0, sf)).float()
+    fn = {"stochastic": rs.sample_resshift, "deterministic": rs.sample_sinsr_ddim, "one_step": rs.one_step}[sampler]
+    z0 = fn(lambda x, t: unet(x, t, lq=y0).float(), z_y, schedule, generator=torch.Generator().manual_seed(seed))
+    out = ae.decode(z0).float().clamp(-1, 1)
+    return tiling.crop_to((out + 1) / 2, h * sf, w * sf)
+
+
+# ------------------------------------------------------------------------------------------------
+# recipes
+
+
+@dataclass(frozen=True)
+class VQF4Recipe(Recipe):
+    """Stage 1: the small VQ-f4 autoencoder on HR crops (the LR of the batch is not used).
+    Uses the `ae_*` / `n_embed` keys of `model_config`."""
+
+    vq_beta: float = 0.25
+    edge_weight: float = 0.1
+    restart_every: int = 50
+    restart_until: int = 2000
+
+    def build_model(self) -> nn.Module:
+        from ..nets.vqgan import VQModel
+
+        cfg = mini_bundle_config(self.model_config)
+        return VQTrainer(VQModel(**cfg["autoencoder"]), cfg, self.vq_beta, self.edge_weight, self.restart_every,
+                         self.restart_until)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["hr"])["loss"]
+
+    def export_run(self, run_dir, **kw) -> dict:
+        raise ValueError("vqf4-mini is not exported on its own: stage 2 reads it (ae_from=RUN) and the "
+                         "resshift-mini / sinsr-mini bundles carry it as autoencoder.safetensors")
+
+    def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
+        """Sanity only: the quantised round trip of the bicubic-upsampled LR (about bicubic PSNR)."""
+        from .. import tiling
+
+        ae = _unwrap(model).ae
+        up, (h, w) = tiling.pad_to_multiple(_bicubic_up(lr.float() * 2 - 1, self.scale), ae.downsample_factor)
+        return ((ae.decode(ae.encode(up)).float().clamp(-1, 1) + 1) / 2)[..., :h, :w]
+
+
+@dataclass(frozen=True)
+class ResShiftRecipe(Recipe):
+    """Stage 2: the mini UNet with ResShift's objective in the frozen vqf4-mini latent space.
+    UNet and diffusion from `model_config`; the autoencoder (and its config) from `ae_from`."""
+
+    ae_from: str = "runs/vqf4-mini"  # vqf4-mini run folder (EMA weights) or a bundle; '' = random (smoke)
+    val_sampler: str = "stochastic"
+
+    def build_model(self) -> nn.Module:
+        from ..nets.resshift_unet import ResShiftUNet
+
+        ae, cfg = load_autoencoder(self.ae_from, self.model_config)
+        return ResShiftTrainer(ResShiftUNet(**cfg["unet"]), ae, cfg)
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["hr"], batch["lr"])["loss"]
+
+    def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
+        m = _unwrap(model)
+        return sr_latent(m.unet, m.ae, m.config, lr, self.val_sampler)
+
+    def export_run(self, run_dir, **kw) -> dict:
+        """Hook for the kit's `export_run`: the bundle + model card (see `export_resshift_run`)."""
+        return export_resshift_run(run_dir, **_export_kw(kw))
+
+
+@dataclass(frozen=True)
+class SinSRRecipe(Recipe):
+    """Stage 3: SinSR's one-step student distilled from the frozen resshift-mini (`teacher_from`);
+    networks and diffusion come from the teacher (`model_config` only matters for a smoke run)."""
+
+    teacher_from: str = "runs/resshift-mini"  # resshift-mini run folder or bundle; '' = random (smoke)
+    w_distill: float = 1.0
+    w_inverse: float = 1.0  # official learn_xT: weight 1
+    w_gt: float = 1.0  # official finetune_use_gt: 1.0
+
+    def build_model(self) -> nn.Module:
+        from ..nets.resshift_unet import ResShiftUNet
+        from ..weights import load_into
+
+        teacher, ae, cfg = load_teacher(self.teacher_from, self.model_config)
+        student = ResShiftUNet(**cfg["unet"])
+        load_into(student, teacher.state_dict())  # the student starts as the teacher
+        return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt))
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["hr"], batch["lr"])["loss"]
+
+    def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
+        m = _unwrap(model)
+        return sr_latent(m.unet, m.ae, m.config, lr, "one_step")
+
+    def export_run(self, run_dir, **kw) -> dict:
+        """Hook for the kit's `export_run`: the bundle + model card (see `export_resshift_run`)."""
+        return export_resshift_run(run_dir, **_export_kw(kw))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _export_kw(kw: dict) -> dict:
+    """The kit's export arguments that `export_resshift_run` understands (dtype -> the UNet's)."""
+    out = {k: kw[k] for k in ("model_id", "assets_dir", "evaluate", "eval_limit", "eval_sets", "eval_root", "which")
+           if k in kw}
+    if "dtype" in kw:
+        out["unet_dtype"] = kw["dtype"]
+    return out
+
+
+_BICUBIC = DegradationMix(bicubic=1.0, realesrgan=0.0)
+_SMOKE_COMMON = ("log_every=1", "ckpt_every=0", "val_every=0", "warmup_steps=0", "batch_size=4", "patch_lr=8",
+                 "ema_decay=0.9", "lr=2e-3", "lr_min=1e-3")
+
+RESSHIFT_RECIPES: dict[str, Recipe] = {
+    "vqf4-mini": VQF4Recipe(
+        name="vqf4-mini",
+        description=("Stage 1 of resshift-mini/sinsr-mini: the small VQ-f4 autoencoder (32 ch, mult 1,1,2, "
+                     "1024 codes, no mid attention) trained with L1 (+0.1 gradient L1) and VQ losses on HR crops."),
+        model_config=dict(MINI_MODEL_CONFIG),
+        scale=4, batch_size=32, patch_lr=32, max_steps=20000, lr=4e-4, lr_min=2e-5, warmup_steps=200,
+        betas=(0.9, 0.99), grad_clip=1.0, ema_decay=0.999, degradation=_BICUBIC, ckpt_every=500,
+        log_every=20, val_every=0, export_id="", method_id="",
+        smoke=_SMOKE_COMMON + SMOKE_MODEL_SETS + ("restart_every=5", "restart_until=20"),
+    ),
+    "resshift-mini": ResShiftRecipe(
+        name="resshift-mini",
+        description=("ResShift (15 steps, kappa 2) at a small width: UNet 96 ch, 2 levels (5, 2 blocks), Swin 96, "
+                     "trained with ResShift's latent x0 MSE in the frozen vqf4-mini latent space on bicubic x4 pairs."),
+        model_config=dict(MINI_MODEL_CONFIG),
+        scale=4, batch_size=64, patch_lr=32, max_steps=10000, lr=2e-4, lr_min=1e-5, warmup_steps=300,
+        betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999, degradation=_BICUBIC, ckpt_every=500,
+        log_every=20, val_every=2000, val_limit=0, export_id="resshift-mini", method_id="resshift-mini",
+        ae_from="runs/vqf4-mini",
+        smoke=_SMOKE_COMMON + SMOKE_MODEL_SETS + ("ae_from=",),
+    ),
+    "sinsr-mini": SinSRRecipe(
+        name="sinsr-mini",
+        description=("SinSR one-step student distilled from resshift-mini with the deterministic teacher map, "
+                     "the inverse loss and the consistency-preserving loss on ground truth (weights 1, 1, 1)."),
+        model_config=dict(MINI_MODEL_CONFIG),
+        scale=4, batch_size=64, patch_lr=32, max_steps=3000, lr=5e-5, lr_min=5e-6, warmup_steps=100,
+        betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999, degradation=_BICUBIC, ckpt_every=500,
+        log_every=20, val_every=1000, val_limit=0, export_id="sinsr-mini", method_id="sinsr-mini",
+        teacher_from="runs/resshift-mini",
+        smoke=_SMOKE_COMMON + SMOKE_MODEL_SETS + ("teacher_from=", "model.steps=4"),
+    ),
+}
+
+
+def register(recipes: Optional[dict] = None) -> dict:
+    """Add the three recipes to `recipes` (the kit's RECIPES by default); idempotent."""
+    target = RECIPES if recipes is None else recipes
+    for k, r in RESSHIFT_RECIPES.items():
+        target.setdefault(k, r)
+    return target
+
+
+register()
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+
+
+def _recipe_from_dict(d: dict) -> Recipe:
+    from .recipes import apply_overrides
+
+    base = RESSHIFT_RECIPES[d["name"]]
+    sets = []
+    for k, v in d.items():
+        if k in ("name", "description", "class", "degradation", "model_config", "smoke") or not hasattr(base, k):
+            continue
+        if isinstance(v, list):
+            if tuple(getattr(base, k)) != tuple(v):
+                sets.append(f"{k}={','.join(str(x) for x in v)}")
+        elif getattr(base, k) != v:
+            sets.append(f"{k}={v}")
+    r = apply_overrides(base, sets)
+    import dataclasses
+
+    return dataclasses.replace(r, model_config=dict(d.get("model_config") or {}))
+
+
+def _half_copy(net: nn.Module) -> nn.Module:
+    return copy.deepcopy(net).half()
+
+
+def evaluate_bundle(kind: str, folder: Path, sets=EVAL_SETS, eval_root: Path = EVAL_ROOT,
+                    limit: Optional[int] = None, seed: int = 0, device: str = "auto") -> dict:
+    """`sr_core eval` figures (evaluate_method through the facade, seed 0) of an exported bundle."""
+    from ..evaluate import evaluate_method
+    from ..methods.resshift import ResShift
+    from ..methods.sinsr import SinSR
+    from ..registry import Registry
+    from ..types import Settings
+
+    mid = f"{kind}-mini"
+    reg = Registry()
+    reg.register(mid, (lambda: ResShift("mini", method_id=mid, bundle_dir=folder)) if kind == "resshift"
+                 else (lambda: SinSR("mini", method_id=mid, bundle_dir=folder)))
+    out = {}
+    for name in sets:
+        hr = Path(eval_root) / name / "HR"
+        if hr.is_dir():
+            res = evaluate_method(mid, hr, 4, limit, Settings(seed=seed, device=device), registry=reg)
+            out[name] = {k: v for k, v in res.items() if k not in ("images", "settings")}
+    return out
+
+
+def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, evaluate: bool = True,
+                        eval_limit: Optional[int] = None, eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT,
+                        which: str = "ema", unet_dtype: str = "fp16", device: str = "auto") -> dict:
+    """Write `<assets>/<id>/{config.json, model.safetensors, autoencoder.safetensors, MODEL_CARD.md,
+    SHA256SUMS}` (the bundle `ResShift("mini")` / `SinSR("mini")` read) from a resshift-mini or
+    sinsr-mini run; the UNet is stored in fp16 (the loader casts to the network's dtype), the
+    autoencoder in fp32.  Figures are computed on the written bundle through the method."""
+    from ..methods.resshift import write_bundle
+    from ..weights import sha256_file
+
+    run_dir = Path(run_dir)
+    ck = torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    recipe = _recipe_from_dict(ck["recipe"])
+    if not isinstance(recipe, (ResShiftRecipe, SinSRRecipe)):
+        raise ValueError(f"{run_dir} is a {recipe.name} run; only resshift-mini and sinsr-mini runs are bundles "
+                         "(vqf4-mini goes into them)")
+    kind = "resshift" if isinstance(recipe, ResShiftRecipe) else "sinsr"
+    info_path = run_dir / "train_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if int(info.get("steps", -1)) != int(ck["step"]):
+        info = dict(info, steps=int(ck["step"]), wall_seconds=float(ck.get("elapsed", 0.0)), partial=True)
+    model = recipe.build_model()
+    model.load_state_dict(ck[which])
+    model.eval()
+    model_id = model_id or recipe.export_id or recipe.name
+    cfg = bundle_config_for(model.config, kind, model_id)
+    dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
+    unet = _half_copy(model.unet) if unet_dtype == "fp16" else copy.deepcopy(model.unet)
+    write_bundle(dest, cfg, unet, model.ae)
+    figures = evaluate_bundle(kind, dest, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
+    files = ("config.json", "model.safetensors", "autoencoder.safetensors")
+    sums = {f: sha256_file(dest / f) for f in files}
+    size_mb = sum((dest / f).stat().st_size for f in files) / 1e6
+    extra = {"unet_params": _params(model.unet), "ae_params": _params(model.ae), "size_mb": round(size_mb, 2),
+             "eval_x4": figures, "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
+    (dest / "MODEL_CARD.md").write_text(_card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit))
+    (dest / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
+    (dest / "train_info.json").write_text(json.dumps({k: v for k, v in info.items()}, indent=2) + "\n")
+    return {"dir": str(dest), **extra}
+
+
+def bundle_config_for(cfg: dict, kind: str, model_id: str) -> dict:
+    """The served config of a trained ResShift-variant config: as is for ResShift; for SinSR the
+    UNet becomes SinSR's variant (`in_channels` 6, `direct_lq`: same parameters, same function for
+    an LR of the latent's size)."""
+    cfg = copy.deepcopy(cfg)
+    u = cfg["unet"]
+    if kind == "sinsr" and not u.get("direct_lq"):
+        if int(u.get("lq_size", u["image_size"])) != int(u["image_size"]):
+            raise ValueError("a UNet with an LR feature extractor has no SinSR-variant twin")
+        u.pop("lq_size", None)
+        u.update({"in_channels": int(u["in_channels"]) + 3, "direct_lq": True})
+    cfg.update({"name": model_id, "notes": f"project mini ({model_id}), trained by sr_core.training.recipes_resshift"})
+    return cfg
+
+
+def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
+          eval_limit) -> str:
+    figs = extra["eval_x4"]
+    pm = info.get("pack_meta") or {}
+    folders = ", ".join(f"train/{k} ({v} crops)" for k, v in (pm.get("crops_per_folder") or {}).items()) or "n/a"
+
+    def cell(s):
+        f = figs.get(s)
+        return f"{f['psnr_y']:.2f} / {f['ssim_y']:.4f} / {f['lr_psnr']:.1f}" if f else "n/a"
+
+    rows = [f"| {model_id} (this bundle, seed 0) | " + " | ".join(cell(s) for s in EVAL_SETS) + " |",
+            "| bicubic (MATLAB, published) | " + " | ".join(f"{BICUBIC_X4[s]:.2f}" for s in EVAL_SETS) + " |"]
+    gain = ", ".join(f"{s} {figs[s]['psnr_y'] - BICUBIC_X4[s]:+.2f} dB" for s in EVAL_SETS if s in figs) or "n/a"
+    if kind == "resshift":
+        objective = ("ResShift's objective: z0 = E(HR), y = E(bicubic-up(LR)), t ~ U{0..T-1}, "
+                     "x_t = z0 + eta_t (y - z0) + kappa sqrt(eta_t) eps, MSE between the UNet's x0 prediction "
+                     "and z0 (latent space). "
+                     f"Frozen autoencoder from `{getattr(recipe, 'ae_from', '')}` (vqf4-mini: L1 + 0.1 gradient L1 + "
+                     "VQ codebook/commitment losses on HR crops).")
+        method = "`ResShift(\"mini\")` (`sr_core/methods/resshift.py`), 15 UNet calls, stochastic sampler"
+    else:
+        objective = ("SinSR distillation from the frozen resshift-mini teacher "
+                     f"(`{getattr(recipe, 'teacher_from', '')}`): distillation MSE to the deterministic 15-step "
+                     "teacher map, inverse MSE (student at index 0 maps the teacher's x0 back to x_T) and the "
+                     "consistency-preserving MSE on ground truth (GT latent -> predicted x_T -> back to the GT), "
+                     f"weights {getattr(recipe, 'w_distill', 1)}, {getattr(recipe, 'w_inverse', 1)}, "
+                     f"{getattr(recipe, 'w_gt', 1)}; student initialised from the teacher.")
+        method = "`SinSR(\"mini\")` (`sr_core/methods/sinsr.py`), one UNet call at t = T-1"
+    partial = " (stopped early; exported from the last checkpoint)" if info.get("partial") else ""
+    limit_note = f", first {eval_limit} images" if eval_limit else ""
+    wall = float(info.get("wall_seconds") or 0.0)
+    u, a = cfg["unet"], cfg["autoencoder"]
+    return f"""# {model_id}
+
+{recipe.description}
+
+- **Method**: {method}.
+- **UNet** (`ResShiftUNet`, {extra['unet_params'] / 1e6:.2f} M parameters, stored {extra['unet_dtype']}):
+  model_channels {u['model_channels']}, channel_mult {u['channel_mult']}, num_res_blocks {u['num_res_blocks']},
+  Swin width {u['swin_embed_dim']} (window {u['window_size']}) at resolutions {u['attention_resolutions']}, LR
+  concatenated at the latent size; LR padded to a multiple of {cfg['lr_pad_multiple']} px.
+- **Autoencoder** (`VQModel`, VQ-f4, {extra['ae_params'] / 1e6:.2f} M parameters, fp32): ch {a['ddconfig']['ch']},
+  ch_mult {a['ddconfig']['ch_mult']}, num_res_blocks {a['ddconfig']['num_res_blocks']}, attn_type
+  {a['ddconfig'].get('attn_type', 'vanilla')}, resamp_with_conv {a['ddconfig'].get('resamp_with_conv', True)},
+  {a['n_embed']} codes of dim {a['embed_dim']}.
+- **Diffusion**: T = {cfg['diffusion']['steps']}, kappa {cfg['diffusion']['kappa']}, min_noise_level
+  {cfg['diffusion']['min_noise_level']}, p {cfg['diffusion']['power']} (ResShift v1 schedule).
+- **Files**: {', '.join(f'`{f}` sha256 `{h}`' for f, h in sums.items())}; {extra['size_mb']:.2f} MB in all.
+- **Licence**: code MIT; weights trained by this project for research use (the training images are research-only).
+
+## Training
+- Recipe `{recipe.name}` (`sr_core/training/recipes_resshift.py`). {objective}
+- Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_steps} warm-up steps, cosine to
+  {recipe.lr_min:g}, gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g} (exported: {extra['which']}),
+  batch {recipe.batch_size}, LR patch {recipe.patch_lr} px (HR {recipe.patch_lr * recipe.scale}), seed {recipe.seed}.
+- Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}){partial}; device
+  {info.get('device', 'unknown')}; mixed precision {info.get('mixed_precision', '?')}; wall {wall / 60:.1f} min.
+- Data: pack `{Path(str(info.get('pack', 'n/a'))).name}` -- {pm.get('n', '?')} crops of {pm.get('hr_size', '?')} px from
+  {folders} in `../shared/data/`; bicubic (MATLAB imresize) x4 LR. No eval/ image was used.
+
+## Benchmark (x4, `sr_core eval` protocol: Y-PSNR dB / SSIM-Y / LR-PSNR dB{limit_note})
+
+| model | Set5 | Set14 | BSD100 |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+PSNR gain over bicubic: {gain}.
+
+Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# autoencoder reconstruction figures
+
+
+@torch.no_grad()
+def recon_psnr(ae: nn.Module, hr_dir, limit: Optional[int] = None, quantize: bool = True) -> dict:
+    """Y-PSNR of the autoencoder's round trip E -> (quantise) -> D on the HR images of `hr_dir`
+    (mod-cropped to 4, border 4): the ceiling any SR in this latent space can reach."""
+    import numpy as np
+
+    from .. import imaging, metrics
+    from ..evaluate import list_images
+
+    vals = []
+    for p in list_images(Path(hr_dir))[: limit or None]:
+        hr = np.asarray(imaging.load_image(p, max_pixels=1 << 30))
+        if hr.ndim == 2:
+            hr = np.repeat(hr[..., None], 3, axis=2)
+        hr = imaging.mod_crop(hr[..., :3], 4)
+        x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        from .. import tiling
+
+        xp, (h, w) = tiling.pad_to_multiple(x, ae.downsample_factor)
+        rec = ae.decode(ae.encode(xp), force_not_quantize=not quantize)[..., :h, :w]
+        out = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        vals.append(float(metrics.psnr_y(out, hr, 4)))
+    return {"n": len(vals), "psnr_y": float(np.mean(vals)) if vals else float("nan")}
+
+
+# ------------------------------------------------------------------------------------------------
+# speed: both minis in one process
+
+
+def bench_pair(resshift_dir, sinsr_dir, sizes=(64, 128), repeat: int = 2, device: str = "cpu") -> dict:
+    """`sr_core.bench.bench` of the two bundles in one process, interleaved (r, s, r, s ...) so that
+    background load hits both alike; per size the best time of each and the ratio resshift / sinsr."""
+    from ..bench import bench
+    from ..methods.resshift import ResShift
+    from ..methods.sinsr import SinSR
+    from ..registry import Registry
+    from ..types import Settings
+
+    reg = Registry()
+    reg.register("resshift-mini", lambda: ResShift("mini", bundle_dir=resshift_dir))
+    reg.register("sinsr-mini", lambda: SinSR("mini", bundle_dir=sinsr_dir))
+    best: dict = {}
+    for _ in range(max(1, repeat)):
+        for mid in ("resshift-mini", "sinsr-mini"):
+            res = bench(mid, sizes, Settings(scale=4, device=device), registry=reg)
+            for row in res["sizes"]:
+                best[(mid, row["size"])] = min(best.get((mid, row["size"]), float("inf")), row["seconds"])
+    rows = [{"lr_size": n, "resshift_mini_s": round(best[("resshift-mini", n)], 4),
+             "sinsr_mini_s": round(best[("sinsr-mini", n)], 4),
+             "ratio": round(best[("resshift-mini", n)] / best[("sinsr-mini", n)], 2)} for n in sizes]
+    return {"device": device, "threads": torch.get_num_threads(), "sizes": rows}
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training.recipes_resshift")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write the bundle + model card of a resshift-mini / sinsr-mini run")
+    e.add_argument("run")
+    e.add_argument("--id", default=None)
+    e.add_argument("--assets", default=None, help="weights root (default assets/weights)")
+    e.add_argument("--no-eval", action="store_true")
+    e.add_argument("--eval-limit", type=int, default=0)
+    e.add_argument("--weights", default="ema", choices=("ema", "model"))
+    e.add_argument("--unet-dtype", default="fp16", choices=("fp16", "fp32"))
+    e.add_argument("--device", default="auto", help="device of the evaluation (auto: cuda when available)")
+    r = sub.add_parser("recon", help="autoencoder reconstruction Y-PSNR of a vqf4-mini run or bundle")
+    r.add_argument("source")
+    r.add_argument("--sets", default="Set5,Set14,BSD100")
+    r.add_argument("--limit", type=int, default=0)
+    sub.add_parser("configs", help="print the mini bundle configs and parameter counts")
+    b = sub.add_parser("bench", help="resshift-mini vs sinsr-mini speed in one process")
+    b.add_argument("--resshift", default=str(REPO_ROOT / "assets" / "weights" / "resshift-mini"))
+    b.add_argument("--sinsr", default=str(REPO_ROOT / "assets" / "weights" / "sinsr-mini"))
+    b.add_argument("--sizes", default="64,128")
+    b.add_argument("--repeat", type=int, default=2)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=int, default=None)
+    if argv and argv[0] == "train":  # the kit's trainer CLI with these recipes registered
+        from .__main__ import main as kit_main
+
+        return kit_main(argv[1:])
+    a = ap.parse_args(argv)
+    if a.cmd == "export":
+        res = export_resshift_run(a.run, model_id=a.id, assets_dir=a.assets, evaluate=not a.no_eval,
+                                  eval_limit=a.eval_limit or None, which=a.weights, unet_dtype=a.unet_dtype,
+                                  device=a.device)
+        print(json.dumps(res, indent=2))
+    elif a.cmd == "bench":
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        print(json.dumps(bench_pair(a.resshift, a.sinsr, tuple(int(x) for x in a.sizes.split(",")), a.repeat,
+                                    a.device), indent=2))
+    elif a.cmd == "recon":
+        ae, _ = load_autoencoder(a.source)
+        out = {}
+        for s in a.sets.split(","):
+            hr = EVAL_ROOT / s / "HR"
+            if hr.is_dir():
+                out[s] = {"quantised": recon_psnr(ae, hr, a.limit or None),
+                          "unquantised": recon_psnr(ae, hr, a.limit or None, quantize=False)}
+        print(json.dumps(out, indent=2))
+    else:
+        from ..nets.resshift_unet import ResShiftUNet
+        from ..nets.vqgan import VQModel
+
+        for kind in ("resshift", "sinsr"):
+            cfg = mini_bundle_config({}, kind)
+            print(json.dumps({"kind": kind, "unet_params": _params(ResShiftUNet(**cfg["unet"])),
+                              "ae_params": _params(VQModel(**cfg["autoencoder"])), "config": cfg}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

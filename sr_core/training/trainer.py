@@ -1,0 +1,250 @@
+"""Generic training loop on Hugging Face accelerate: one CPU, one GPU, or many GPUs/nodes
+(`accelerate launch -m sr_core.training RECIPE ...`).
+
+Per step: a seeded batch from the pack (`data.PackSource`, a pure function of seed/step/rank), the
+recipe's degradation on the device, the recipe's loss under autocast (bf16 on GPUs that support it,
+else fp16 with loss scaling; bf16 on CPUs with native bf16 support), gradient clipping, an Adam step
+with the recipe's warm-up + cosine learning rate, and an EMA of the weights.  Every `ckpt_every`
+steps `OUT/ckpt/last.pt` holds model, EMA, optimiser, step, elapsed time and RNG states so that
+`--resume` continues where it stopped; `OUT/log.csv` gets (step, loss, lr, seconds) rows and
+`OUT/val.csv` the Set5 x4 validation of the EMA weights through `sr_core.evaluate.evaluate_fn` (the
+same numbers as `sr_core eval`).  `OUT/train_info.json` records what the model card needs.  The
+structure follows common accelerate training scripts; the code is ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .data import PackSource, load_pack, pack_summary
+from .recipes import Recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SET5_HR = REPO_ROOT.parent / "shared" / "data" / "eval" / "Set5" / "HR"
+
+
+def cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - older builds
+        return False
+
+
+def choose_mixed_precision(mode: str, device_type: str) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp16 on other GPUs, bf16 on CPUs with native bf16, else no."""
+    if mode != "auto":
+        return mode
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_supported() else "no"
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def validate(recipe: Recipe, model: torch.nn.Module, device: torch.device, hr_dir=SET5_HR,
+             limit: Optional[int] = None, scale: Optional[int] = None) -> dict:
+    """x4 benchmark figures of `model` (fp32, eval mode) on `hr_dir` via sr_core.evaluate.evaluate_fn."""
+    from ..evaluate import evaluate_fn
+
+    was = model.training
+    model.eval()
+    try:
+        res = evaluate_fn(lambda x: recipe.infer(model, x.to(device)).cpu(), hr_dir,
+                          scale=scale or recipe.scale, limit=limit or None, method=recipe.name)
+    finally:
+        model.train(was)
+    return res
+
+
+def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, resume: bool = False,
+          device: str = "auto", mixed_precision: str = "auto", time_budget_min: Optional[float] = None,
+          val_dir=SET5_HR, threads: Optional[int] = None, log: Callable[[str], None] = print) -> dict:
+    """Train `recipe` on the pack at `pack_path`, writing into `out`; returns the train_info dict."""
+    from accelerate import Accelerator
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out)
+    steps_total = int(max_steps or recipe.max_steps)
+    want_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    dev_type = "cpu" if want_cpu else "cuda"
+    mp = choose_mixed_precision(mixed_precision, dev_type)
+    acc = Accelerator(cpu=want_cpu, mixed_precision=mp)
+    main = acc.is_main_process
+    world, rank = acc.num_processes, acc.process_index
+    if recipe.batch_size % world:
+        raise ValueError(f"batch size {recipe.batch_size} is not divisible by {world} processes")
+    per_proc = recipe.batch_size // world
+
+    pack = load_pack(pack_path)
+    source = PackSource(pack, recipe.patch_lr, recipe.scale, recipe.seed)
+
+    torch.manual_seed(recipe.seed)
+    model = recipe.build_model()
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=tuple(recipe.betas),
+                           weight_decay=recipe.weight_decay)
+
+    step, elapsed_before = 0, 0.0
+    ckpt_path = out / "ckpt" / "last.pt"
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck.get("recipe", {}).get("name") != recipe.name:
+            raise ValueError(f"{ckpt_path} belongs to recipe {ck.get('recipe', {}).get('name')!r}, not {recipe.name!r}")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
+        torch.set_rng_state(ck["rng_cpu"])
+        if main:
+            log(f"resumed from {ckpt_path} at step {step}")
+    elif resume and main:
+        log(f"no checkpoint at {ckpt_path}; starting from scratch")
+
+    model, opt = acc.prepare(model, opt)
+    ema.to(acc.device)
+    dev = acc.device
+    n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
+
+    log_path, val_path = out / "log.csv", out / "val.csv"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_csv(log_path, ["step", "loss", "lr", "seconds"], step)
+        _truncate_csv(val_path, ["step", "psnr_y", "ssim_y", "lr_psnr", "seconds"], step)
+        log(f"recipe {recipe.name}: {n_params / 1e6:.3f} M params, batch {recipe.batch_size} "
+            f"({world} x {per_proc}), LR patch {recipe.patch_lr}, steps {step}->{steps_total}, device {dev}, "
+            f"mixed precision {mp}, pack {pack_summary(pack.meta)}")
+
+    t_start = time.time()
+    budget_s = time_budget_min * 60.0 if time_budget_min else None
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - t_start
+
+    def progress() -> float:
+        p = step / max(steps_total, 1)
+        if budget_s:
+            p = max(p, elapsed() / budget_s)
+        return p
+
+    def save_ckpt() -> None:
+        if main:
+            _atomic_save({
+                "model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed(),
+                "recipe": recipe.to_dict(), "rng_cpu": torch.get_rng_state(),
+                "mixed_precision": mp, "world": world,
+            }, ckpt_path)
+        acc.wait_for_everyone()
+
+    def run_val() -> Optional[dict]:
+        res = None
+        if main and val_dir and Path(val_dir).exists():
+            t0 = time.time()
+            res = validate(recipe, ema, dev, val_dir, recipe.val_limit or None)
+            with open(val_path, "a", newline="") as f:
+                csv.writer(f).writerow([step, f"{res['psnr_y']:.4f}", f"{res['ssim_y']:.5f}",
+                                        f"{res['lr_psnr']:.3f}", f"{elapsed():.1f}"])
+            log(f"step {step}: Set5 x{recipe.scale} (EMA) PSNR-Y {res['psnr_y']:.3f} dB, SSIM-Y "
+                f"{res['ssim_y']:.4f} ({time.time() - t0:.1f} s)")
+        acc.wait_for_everyone()
+        return res
+
+    model.train()
+    loss_acc, loss_n, last_log = 0.0, 0, time.time()
+    stopped_early = False
+    while step < steps_total:
+        if budget_s and elapsed() >= budget_s:
+            stopped_early = True
+            if main:
+                log(f"time budget of {time_budget_min} min reached at step {step}")
+            break
+        lr_now = recipe.lr_at(step, progress())
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        b = source.batch(step, per_proc, rank)
+        hr = b["hr"].to(dev, non_blocking=True)
+        lr_img = b["lr"].to(dev, non_blocking=True)
+        lr_img = recipe.degradation.apply(hr, lr_img, b["generator"], recipe.scale)
+        with acc.autocast():
+            loss = recipe.loss(model, {"hr": hr, "lr": lr_img})
+        acc.backward(loss)
+        if recipe.grad_clip and acc.sync_gradients:
+            acc.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        decay = min(recipe.ema_decay, (1.0 + step) / (10.0 + step))
+        ema_update(ema, acc.unwrap_model(model), decay)
+        loss_acc += float(loss.detach())
+        loss_n += 1
+        if step % recipe.log_every == 0 or step == steps_total:
+            mean = acc.reduce(torch.tensor([loss_acc / max(loss_n, 1)], device=dev), "mean").item()
+            if main:
+                with open(log_path, "a", newline="") as f:
+                    csv.writer(f).writerow([step, f"{mean:.6f}", f"{lr_now:.3e}", f"{elapsed():.1f}"])
+                rate = loss_n / max(time.time() - last_log, 1e-9)
+                log(f"step {step}/{steps_total} loss {mean:.5f} lr {lr_now:.2e} {rate:.2f} it/s "
+                    f"elapsed {elapsed() / 60:.1f} min progress {100 * progress():.1f}%")
+            loss_acc, loss_n, last_log = 0.0, 0, time.time()
+        if recipe.ckpt_every and step % recipe.ckpt_every == 0:
+            save_ckpt()
+        if recipe.val_every and step % recipe.val_every == 0 and step < steps_total:
+            run_val()
+    save_ckpt()
+    val = run_val()
+    info = {
+        "recipe": recipe.to_dict(), "steps": step, "max_steps": steps_total, "stopped_by_time_budget": stopped_early,
+        "time_budget_min": time_budget_min, "wall_seconds": round(elapsed(), 1),
+        "device": _device_name(dev), "mixed_precision": mp, "processes": world,
+        "torch": torch.__version__, "params": n_params, "pack": str(pack_path), "pack_meta": {
+            k: v for k, v in pack.meta.items() if k != "files"},
+        "final_val_set5": ({k: v for k, v in val.items() if k != "images"} if val else None),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if main:
+        (out / "train_info.json").write_text(json.dumps(info, indent=2))
+        log(f"done: {step} steps in {elapsed() / 60:.1f} min -> {out}")
+    return info
+
+
+def _truncate_csv(path: Path, header: list[str], keep_upto: int) -> None:
+    """(Re)start a CSV log: keep the header and rows with step <= keep_upto (for --resume)."""
+    rows = []
+    if keep_upto > 0 and path.exists():
+        with open(path, newline="") as f:
+            r = csv.reader(f)
+            next(r, None)
+            rows = [row for row in r if row and int(row[0]) <= keep_upto]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)

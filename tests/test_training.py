@@ -1,0 +1,150 @@
+"""Training kit: pack builder, eval-path refusal, CPU smoke run of every recipe, resume, export -> method."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sr_core.training import data as D
+from sr_core.training.recipes import RECIPES, apply_overrides, get_recipe
+from sr_core.training.trainer import train
+
+
+def _write_images(folder: Path, n: int, size=(72, 88), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = size
+        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.BICUBIC)
+        img.save(folder / f"img{i}.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kit")
+    train_root = root / "train"
+    _write_images(train_root / "SetA" / "HR", 3)
+    _write_images(train_root / "SetB", 2, size=(64, 64), seed=1)
+    _write_images(train_root / "SetB" / "small", 1, size=(20, 20), seed=2)  # too small: skipped
+    _write_images(root / "eval" / "Set5" / "HR", 2, size=(48, 40), seed=3)
+    pack = root / "pack.npz"
+    meta = D.build_pack(pack, D.default_folders(train_root), n_crops=8, hr_size=48, scale=4, seed=0)
+    return {"root": root, "pack": pack, "meta": meta, "eval": root / "eval"}
+
+
+def test_pack_builder(tiny, tmp_path):
+    meta = tiny["meta"]
+    p = D.load_pack(tiny["pack"])
+    assert p.hr.shape == (8, 48, 48, 3) and p.hr.dtype == np.uint8
+    assert p.lr.shape == (8, 12, 12, 3)
+    assert meta["skipped_small"] == 1 and set(meta["crops_per_folder"]) == {"SetA", "SetB"}
+    assert sum(meta["crops_per_folder"].values()) == 8
+    # the stored LR is the benchmark bicubic of the stored HR
+    from sr_core import imaging
+
+    assert np.array_equal(p.lr[0], imaging.imresize(p.hr[0], 0.25))
+    # deterministic with the seed, different with another seed
+    again = tmp_path / "again.npz"
+    D.build_pack(again, D.default_folders(tiny["root"] / "train"), n_crops=8, hr_size=48, scale=4, seed=0)
+    assert np.array_equal(D.load_pack(again).hr, p.hr)
+    other = tmp_path / "other.npz"
+    D.build_pack(other, D.default_folders(tiny["root"] / "train"), n_crops=8, hr_size=48, scale=4, seed=1)
+    assert not np.array_equal(D.load_pack(other).hr, p.hr)
+    # batches: aligned HR/LR patches, a pure function of (seed, step)
+    src = D.PackSource(p, patch_lr=6, scale=4, seed=0)
+    b1, b2, b3 = src.batch(5, 3), src.batch(5, 3), src.batch(6, 3)
+    assert b1["hr"].shape == (3, 3, 24, 24) and b1["lr"].shape == (3, 3, 6, 6)
+    assert torch.equal(b1["hr"], b2["hr"]) and not torch.equal(b1["hr"], b3["hr"])
+
+
+def test_refuses_eval_paths(tiny, tmp_path):
+    with pytest.raises(D.EvalPathError):
+        D.build_pack(tmp_path / "x.npz", [tiny["eval"] / "Set5"], n_crops=2, hr_size=16)
+    with pytest.raises(D.EvalPathError):
+        D.list_images(tiny["eval"])
+    with pytest.raises(D.EvalPathError):
+        D.check_not_eval(Path("/somewhere/data/eval/BSD100/HR/x.png"))
+
+
+def _losses(out: Path) -> list[float]:
+    with open(out / "log.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_cpu_smoke_every_recipe(name, tiny, tmp_path):
+    recipe = apply_overrides(get_recipe(name), list(get_recipe(name).smoke))
+    out = tmp_path / "run"
+    info = train(recipe, pack_path=tiny["pack"], out=out, max_steps=40, device="cpu", mixed_precision="no",
+                 val_dir=tiny["eval"] / "Set5" / "HR", log=lambda s: None)
+    losses = _losses(out)
+    assert len(losses) == 40 and info["steps"] == 40
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    assert (out / "ckpt" / "last.pt").exists() and (out / "train_info.json").exists()
+    assert info["final_val_set5"]["n"] == 2
+
+
+def test_resume_and_export(tiny, tmp_path):
+    from sr_core.methods.rrdb import RRDBMini
+    from sr_core.training.export import export_run
+    from sr_core.types import RunContext, Settings
+
+    recipe = apply_overrides(get_recipe("rrdb-mini"), list(get_recipe("rrdb-mini").smoke) + ["ckpt_every=5"])
+    out = tmp_path / "run"
+    kw = dict(pack_path=tiny["pack"], out=out, device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    train(recipe, max_steps=10, **kw)
+    ck = torch.load(out / "ckpt" / "last.pt", weights_only=True)
+    assert ck["step"] == 10
+    info = train(recipe, max_steps=15, resume=True, **kw)
+    assert info["steps"] == 15
+    with open(out / "log.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(1, 16))
+
+    res = export_run(out, model_id="rrdb-test", assets_dir=tmp_path / "weights", dtype="fp16",
+                     eval_sets=("Set5",), eval_root=tiny["eval"])
+    d = Path(res["dir"])
+    assert (d / "model.safetensors").exists() and (d / "MODEL_CARD.md").exists()
+    sums = (d / "SHA256SUMS").read_text().split()
+    from sr_core.weights import sha256_file
+
+    assert sums == [sha256_file(d / "model.safetensors"), "model.safetensors"]
+    card = (d / "MODEL_CARD.md").read_text()
+    assert sums[0] in card and "Set5" in card and "bicubic" in card and "SetA" in card
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["config"]["nf"] == 8 and cfg["steps"] == 15 and "Set5" in cfg["eval_x4"]
+
+    method = RRDBMini(weights_path=str(d / "model.safetensors"))
+    assert method.availability().ok
+    lr = torch.rand(1, 3, 9, 11)
+    ctx = RunContext(settings=Settings(scale=4), device=torch.device("cpu"), generator=torch.Generator())
+    sr = method.run(lr, ctx)
+    assert sr.shape == (1, 3, 36, 44) and 0 <= float(sr.min()) and float(sr.max()) <= 1
+    ema = recipe.build_model()
+    ema.load_state_dict(torch.load(out / "ckpt" / "last.pt", weights_only=True)["ema"])
+    with torch.no_grad():
+        ref = recipe.infer(ema.eval(), lr).clamp(0, 1)
+    assert torch.allclose(sr, ref, atol=2e-2)
+
+
+def test_cli_list_pack_and_overrides(tiny, tmp_path, capsys):
+    from sr_core.training.__main__ import main
+
+    assert main(["list"]) == 0
+    assert "rrdb-mini" in capsys.readouterr().out
+    out = tmp_path / "p.npz"
+    assert main(["pack", "--out", str(out), "--folders", str(tiny["root"] / "train" / "SetA"), "--n-crops", "3",
+                 "--hr-size", "32"]) == 0
+    assert D.load_pack(out).hr.shape == (3, 32, 32, 3)
+    with pytest.raises(D.EvalPathError):
+        main(["pack", "--out", str(out), "--folders", str(tiny["eval"] / "Set5")])
+    assert main(["no-such-recipe"]) == 2
+    r = apply_overrides(get_recipe("rrdb-mini"), ["lr=5e-4", "model.nf=16", "degradation.realesrgan=0.5"])
+    assert r.lr == 5e-4 and r.model_config["nf"] == 16 and r.degradation.p_realesrgan == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        apply_overrides(r, ["no_such_field=1"])
