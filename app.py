@@ -300,7 +300,12 @@ class Handlers:
         return [(method_label(info, avail), info.id) for info, avail in self.core.methods()]
 
     def default_method(self) -> Optional[str]:
+        """The first available learned method whose weights ship with the app (works offline, no
+        download on the first click), else the first available method."""
         methods = self.core.methods()
+        for info, avail in methods:
+            if avail.ok and info.family != "baseline" and info.weights and all(w.bundled for w in info.weights):
+                return info.id
         for info, avail in methods:
             if avail.ok:
                 return info.id

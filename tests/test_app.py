@@ -365,3 +365,11 @@ def test_examples_are_small_pngs():
             assert img.format == "PNG" and 96 <= max(img.size) <= 160
         assert Path(p).stat().st_size < 60_000
     assert (app.EXAMPLES_DIR / "CREDITS.md").is_file()
+
+
+def test_default_method_is_a_bundled_learned_model():
+    """A fresh page opens on a learned method that works offline (bundled weights), not a baseline."""
+    import app
+
+    info, avail = app.Core().method(app.Handlers(app.Core()).default_method())
+    assert avail.ok and info.family != "baseline" and all(w.bundled for w in info.weights)
