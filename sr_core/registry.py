@@ -69,6 +69,7 @@ def _build_default() -> Registry:
     reg.register("sinsr-v2", lambda: SinSR("v2"))  # one step; RealSR-tuned
     reg.register("resshift", lambda: ResShift("v3"))  # 4 steps; the official quick start
     reg.register("resshift-v1", lambda: ResShift("v1"))  # 15 steps; the paper model, SinSR's teacher
+    reg.register("resshift-v1-det", lambda: ResShift("v1", sampler="deterministic"))  # SinSR's teacher map
     reg.register("resshift-v2", lambda: ResShift("v2"))  # 15 steps
     reg.register("resshift-bicsr", lambda: ResShift("bicsr"))  # 4 steps; bicubic degradation (benchmarks)
     reg.register("srdiff", lambda: SRDiff("official"))  # DIV2K x4, 100 steps (respaced 1..100)
