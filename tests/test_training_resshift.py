@@ -66,7 +66,7 @@ def test_registered_and_configs():
     assert not any("attn" in k for k in ae.state_dict())  # attn_type "none": no mid attention
     assert ae.downsample_factor == 4 and ae.quantize.n_e == 1024
     n_unet, n_ae = sum(p.numel() for p in ur.parameters()), sum(p.numel() for p in ae.parameters())
-    assert 4e6 < n_unet < 7e6 and n_ae < 1e6
+    assert 8e6 < n_unet < 11e6 and n_ae < 1e6
     assert RR.bundle_config_for(r, "sinsr", "x")["unet"]["direct_lq"] is True
     # the kit's run -> recipe round trip (export.recipe_from_dict) keeps these recipes' own fields
     from sr_core.training.export import recipe_from_dict

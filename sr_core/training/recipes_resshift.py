@@ -18,11 +18,11 @@ The mini architecture (`MINI_MODEL_CONFIG`) was chosen by measurement (see `mini
 the time of ResShift-15 is A + 15 U and of SinSR-1 is A + U (A = autoencoder encode + quantise +
 decode, U = one UNet call), so a >= 10x speed-up needs A <= ~0.55 U.  The autoencoder is therefore
 as light as the official Encoder/Decoder allow at full resolution (32 channels, ch_mult 1,1,2,
-num_res_blocks 0,1,1 so one ResnetBlock at the top decoder level, no up/down-sampling convs, no
+num_res_blocks 0,0,1 so one ResnetBlock at the top decoder level, no up/down-sampling convs, no
 mid-block attention (`attn_type: none`, an official option; its full attention over the latent is
 quadratic in the image area), 1024 codes instead of 8192 (the quantiser's nearest-code search is
 N x K and was the largest single cost)), and the UNet carries the compute at the latent size: two
-levels of 96 channels (5 and 2 ResBlocks), Swin width 96, window 8.
+levels of 96 channels (10 and 2 ResBlocks), Swin width 96, window 8.
 
 Objectives follow the official code (read, not copied):
 - stage 1: L1 reconstruction (+ a small L1 on image gradients) of [-1, 1] images, the VQ-VAE
@@ -77,18 +77,20 @@ EVAL_SETS = ("Set5", "Set14", "BSD100")
 BICUBIC_X4 = {"Set5": 28.42, "Set14": 26.00, "BSD100": 25.96}
 
 # Flat network config of the minis (recipe `model_config`; `--set model.KEY=VALUE` overrides).  Chosen
-# by measurement with random weights (`sr_core.bench` through the methods, both minis in one process,
-# 1 thread of this project's 2-core CPU under load): resshift-mini 4.2 s / 28.1 s and sinsr-mini
-# 0.37 s / 2.12 s at LR 64 / 128, i.e. 11.4x / 13.2x; UNet 6.82 M + autoencoder 0.60 M parameters.
+# by measurement with random weights (`bench_pair`: `sr_core.bench` through the methods, both minis in
+# one process, interleaved, best of 3, 2 threads of this project's 2-core CPU): resshift-mini 2.83 s /
+# 13.15 s and sinsr-mini 0.223 s / 1.201 s at LR 64 / 128, i.e. 12.7x / 10.9x; UNet 9.73 M +
+# autoencoder 0.56 M parameters, bundle 22.5 MB (UNet fp16).  LR 128 is the hard case: the decoder's
+# full-resolution level is memory-bound and grows faster than the UNet with the image size.
 MINI_MODEL_CONFIG: dict[str, Any] = {
     # UNet (ResShiftUNet keyword arguments; the rest as in the release)
-    "model_channels": 96, "channel_mult": [1, 1], "num_res_blocks": [5, 2], "swin_embed_dim": 96,
+    "model_channels": 96, "channel_mult": [1, 1], "num_res_blocks": [10, 2], "swin_embed_dim": 96,
     "num_head_channels": 32, "window_size": 8,
     # construction size = the training latent (LR patch 32): Swin attention at both levels (32, 16), and
     # the stored shifted-window masks are those of 32x32 (other sizes get theirs computed at run time)
     "image_size": 32, "attention_resolutions": [32, 16],
     # autoencoder (VQModel ddconfig / n_embed)
-    "ae_ch": 32, "ae_ch_mult": [1, 1, 2], "ae_num_res_blocks": [0, 1, 1], "n_embed": 1024,
+    "ae_ch": 32, "ae_ch_mult": [1, 1, 2], "ae_num_res_blocks": [0, 0, 1], "n_embed": 1024,
     "ae_attn_type": "none", "ae_resamp_with_conv": False,
     # diffusion (ResShift v1: T 15, kappa 2, min 0.04, p 0.3)
     "steps": 15, "kappa": 2.0, "min_noise_level": 0.04, "power": 0.3,
@@ -572,7 +574,7 @@ RESSHIFT_RECIPES: dict[str, Recipe] = {
     ),
     "resshift-mini": ResShiftRecipe(
         name="resshift-mini",
-        description=("ResShift (15 steps, kappa 2) at a small width: UNet 96 ch, 2 levels (5, 2 blocks), Swin 96, "
+        description=("ResShift (15 steps, kappa 2) at a small width: UNet 96 ch, 2 levels (10, 2 blocks), Swin 96, "
                      "trained with ResShift's latent x0 MSE in the frozen vqf4-mini latent space on bicubic x4 pairs."),
         model_config=dict(MINI_MODEL_CONFIG),
         scale=4, batch_size=64, patch_lr=32, max_steps=10000, lr=2e-4, lr_min=1e-5, warmup_steps=300,
