@@ -42,8 +42,8 @@ else
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
-TRAIN=("$PY" -m sr_core.training.recipes_resshift train)   # = python -m sr_core.training, recipes registered
-RR=("$PY" -m sr_core.training.recipes_resshift)
+TRAIN=("$PY" -m sr_core.training)   # the kit's CLI; recipes_resshift registers these recipes
+RR=("$PY" -m sr_core.training.resshift_cli)
 
 if [ ! -f "$PACK" ]; then
   echo "== building the training pack $PACK (../shared/data/train/*)"

@@ -4,14 +4,14 @@
     resshift-mini stage 2: the mini UNet with ResShift's objective in the frozen vqf4-mini latent space
     sinsr-mini    stage 3: SinSR's one-step student distilled from the frozen resshift-mini
 
-    python -m sr_core.training vqf4-mini     --out runs/vqf4-mini      (once registered in RECIPES)
+    python -m sr_core.training vqf4-mini     --out runs/vqf4-mini
     python -m sr_core.training resshift-mini --out runs/resshift-mini  --set ae_from=runs/vqf4-mini
     python -m sr_core.training sinsr-mini    --out runs/sinsr-mini     --set teacher_from=runs/resshift-mini
-    python -m sr_core.training.recipes_resshift export runs/resshift-mini   (bundle + model card)
-    python -m sr_core.training.recipes_resshift recon runs/vqf4-mini        (autoencoder PSNR on HR)
-    python -m sr_core.training.recipes_resshift configs                     (mini configs, sizes)
-    python -m sr_core.training.recipes_resshift bench --sizes 64,128        (both minis, one process)
-    python -m sr_core.training.recipes_resshift train RECIPE ...            (= python -m sr_core.training,
+    python -m sr_core.training.resshift_cli export runs/resshift-mini   (bundle + model card)
+    python -m sr_core.training.resshift_cli recon runs/vqf4-mini        (autoencoder PSNR on HR)
+    python -m sr_core.training.resshift_cli configs                     (mini configs, sizes)
+    python -m sr_core.training.resshift_cli bench --sizes 64,128        (both minis, one process)
+    python -m sr_core.training.resshift_cli train RECIPE ...            (= python -m sr_core.training,
                                                                              these recipes registered)
 
 The mini architecture (`MINI_MODEL_CONFIG`) was chosen by measurement (see `mini_bundle_config`):
@@ -804,7 +804,7 @@ def recon_psnr(ae: nn.Module, hr_dir, limit: Optional[int] = None, quantize: boo
         if hr.ndim == 2:
             hr = np.repeat(hr[..., None], 3, axis=2)
         hr = imaging.mod_crop(hr[..., :3], 4)
-        x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = torch.from_numpy(np.array(hr, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
         from .. import tiling
 
         xp, (h, w) = tiling.pad_to_multiple(x, ae.downsample_factor)
@@ -848,7 +848,7 @@ def bench_pair(resshift_dir, sinsr_dir, sizes=(64, 128), repeat: int = 2, device
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m sr_core.training.recipes_resshift")
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training.resshift_cli")
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="write the bundle + model card of a resshift-mini / sinsr-mini run")
     e.add_argument("run")
