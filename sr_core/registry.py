@@ -64,6 +64,13 @@ def _build_default() -> Registry:
     reg.register("lanczos", Lanczos)
     # Bundled minis, trained by this project (assets/weights/<id>/, each with a model card):
     reg.register("rrdb-mini", RRDBMini)
+    # Minis whose training needs a GPU appear once their bundle has been exported (see their recipes):
+    from . import weights
+
+    for mini_id, factory in (("resshift-mini", lambda: ResShift("mini")), ("sinsr-mini", lambda: SinSR("mini")),
+                             ("srdiff-mini", lambda: SRDiff("mini"))):
+        if (weights.ASSETS_WEIGHTS / mini_id / "config.json").is_file():
+            reg.register(mini_id, factory)
     # Official checkpoints (downloaded on first use, or from SR_WEIGHTS_DIR / the env vars):
     reg.register("sinsr", lambda: SinSR("v1"))  # one step; the official demo's checkpoint
     reg.register("sinsr-v2", lambda: SinSR("v2"))  # one step; RealSR-tuned

@@ -143,3 +143,14 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsUnavailable, match="safe checkpoint"):
         weights.load_state_dict(tmp_path / "evil.pth")
+
+
+def test_trained_minis_are_registered_only_once_exported(tmp_path, monkeypatch):
+    from sr_core import registry
+
+    monkeypatch.setattr(weights, "ASSETS_WEIGHTS", tmp_path)
+    assert "sinsr-mini" not in registry._build_default().ids()
+    (tmp_path / "sinsr-mini").mkdir()
+    (tmp_path / "sinsr-mini" / "config.json").write_text("{}")
+    ids = registry._build_default().ids()
+    assert "sinsr-mini" in ids and "resshift-mini" not in ids and "srdiff-mini" not in ids
