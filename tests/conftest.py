@@ -23,3 +23,15 @@ def shared_data() -> Path:
     if not d.is_dir():
         pytest.skip(f"shared data not found at {d}")
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many small tensor ops: on a busy 2-core machine two threads
+    oversubscribe the cores and ran such modules ~4x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

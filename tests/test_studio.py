@@ -20,12 +20,7 @@ TINY = {"unet": {"dim": 8, "out_dim": 3, "dim_mults": [1, 2], "cond_dim": 8, "rr
         "diffusion": {"timesteps": 100, "res_rescale": 2.0, "clip_input": True, "default_steps": 4}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
