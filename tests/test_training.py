@@ -7,31 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sr_core.training import data as D
 from sr_core.training.recipes import RECIPES, apply_overrides, get_recipe
 from sr_core.training.trainer import train
-
-
-def _write_images(folder: Path, n: int, size=(72, 88), seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        h, w = size
-        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((w, h), Image.BICUBIC)
-        img.save(folder / f"img{i}.png")
+from training_helpers import write_images
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("kit")
     train_root = root / "train"
-    _write_images(train_root / "SetA" / "HR", 3)
-    _write_images(train_root / "SetB", 2, size=(64, 64), seed=1)
-    _write_images(train_root / "SetB" / "small", 1, size=(20, 20), seed=2)  # too small: skipped
-    _write_images(root / "eval" / "Set5" / "HR", 2, size=(48, 40), seed=3)
+    write_images(train_root / "SetA" / "HR", 3)
+    write_images(train_root / "SetB", 2, size=(64, 64), seed=1)
+    write_images(train_root / "SetB" / "small", 1, size=(20, 20), seed=2)  # too small: skipped
+    write_images(root / "eval" / "Set5" / "HR", 2, size=(48, 40), seed=3)
     pack = root / "pack.npz"
     meta = D.build_pack(pack, D.default_folders(train_root), n_crops=8, hr_size=48, scale=4, seed=0)
     return {"root": root, "pack": pack, "meta": meta, "eval": root / "eval"}

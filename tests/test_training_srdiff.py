@@ -9,39 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from sr_core.training import data as D
 from sr_core.training.recipes import RECIPES, apply_overrides
 from sr_core.training.recipes_srdiff import SRDIFF_MINI
 from sr_core.training.trainer import train
+from training_helpers import tiny_kit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _write_images(folder: Path, n: int, size=(72, 88), seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        h, w = size
-        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-        Image.fromarray(base).resize((w, h), Image.BICUBIC).save(folder / f"img{i}.png")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("kit")
-    _write_images(root / "train" / "SetA" / "HR", 4)
-    _write_images(root / "eval" / "Set5" / "HR", 2, size=(48, 40), seed=3)
-    pack = root / "pack.npz"
-    D.build_pack(pack, D.default_folders(root / "train"), n_crops=8, hr_size=48, scale=4, seed=0)
-    return {"root": root, "pack": pack, "eval": root / "eval"}
+    return tiny_kit(root, 4, 2)
 
 
 def _smoke():
