@@ -70,6 +70,9 @@ def test_smoke_run_export_and_method(tiny, tmp_path, monkeypatch):
     d = Path(res["dir"])
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["config"]["unet"]["dim"] == 8 and "Set5" in cfg["eval_x4"]
+    card = (d / "MODEL_CARD.md").read_text()  # the card describes SRDiff, not the RRDB regression recipe
+    assert "srdiff_unet.py" in card and "methods/srdiff.py" in card and "noise" in card
+    assert "recipes_srdiff.py" in card and "L1 loss on images" not in card
     method = SRDiff("mini", bundle_dir=d)
     assert method.availability().ok and method.info.steps.default == 3
     lr = torch.rand(1, 3, 6, 8)

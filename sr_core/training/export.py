@@ -112,7 +112,7 @@ def export_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, dtyp
     size_mb = wpath.stat().st_size / 1e6
     cfg = {
         "id": model_id, "architecture": type(model).__name__, "config": config, "scale": recipe.scale,
-        "value_range": "input LR and output SR in [-1, 1] (SRDiff convention)",
+        "value_range": recipe.card(config)["values"],
         "weights": "model.safetensors", "dtype": dtype, "which": which, "sha256": digest,
         "recipe": recipe.to_dict(), "steps": info.get("steps"), "eval_x4": figures,
     }
@@ -146,20 +146,19 @@ def _card(model_id: str, recipe: Recipe, info: dict, config: dict, figures: dict
                  "Does not beat FSRCNN's published PSNR on: " +
                  ", ".join(s for s, o in zip(EVAL_SETS, ok) if not o) + ".")
     partial = " (run stopped early; exported from the last checkpoint)" if info.get("partial") else ""
+    text = recipe.card(config)
     return f"""# {model_id}
 
 {recipe.description}
 
-- **Architecture**: {config.get('nf') and 'RRDBNet' or 'see config.json'} `{json.dumps(config)}`
-  (`sr_core/nets/rrdbnet.py`, parameter names of the official SRDiff `rrdb.*` checkpoint); value
-  convention of SRDiff: LR in [-1, 1] in, SR in [-1, 1] out.
-- **Method**: `{recipe.method_id or model_id}` (`sr_core/methods/rrdb.py`).
+- **Architecture**: {text['architecture']}; value convention: {text['values']}.
+- **Method**: `{recipe.method_id or model_id}` ({text['method']}).
 - **Weights**: `model.safetensors`, {dtype}, {which} weights, {size_mb:.2f} MB,
   sha256 `{digest}`.
 - **Licence**: code MIT; weights for research use (the training images are research-only).
 
 ## Training
-- Recipe: `{recipe.name}` (`sr_core/training/recipes.py`): L1 loss, Adam (betas {list(recipe.betas)}),
+- Recipe: `{recipe.name}` (`{type(recipe).__module__.replace('.', '/')}.py`): {text['objective']};
   lr {recipe.lr:g} with {recipe.warmup_steps} warm-up steps and cosine decay to {recipe.lr_min:g},
   gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g}, batch {recipe.batch_size}, LR patch
   {recipe.patch_lr} px (HR {recipe.patch_lr * recipe.scale} px), seed {recipe.seed}.

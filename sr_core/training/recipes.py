@@ -65,6 +65,13 @@ class Recipe:
         """SR image in [0, 1] for an LR float tensor (1, 3, h, w) in [0, 1]."""
         raise NotImplementedError
 
+    def card(self, config: dict) -> dict:
+        """What the exported model card says about the network and the objective (export.py):
+        `architecture` (one line, with the source file), `method` (the serving module), `objective`
+        (loss and optimiser, one sentence), `values` (the input/output value convention)."""
+        return {"architecture": f"{type(self).__name__} network, config `{json.dumps(config)}`",
+                "method": "see the registry", "objective": "see the recipe", "values": "see config.json"}
+
     # -- generic ------------------------------------------------------------------------------
     def lr_at(self, step: int, progress: float) -> float:
         """Linear warm-up for `warmup_steps`, then cosine from `lr` to `lr_min` over progress in [0, 1]."""
@@ -103,6 +110,13 @@ class RRDBRecipe(Recipe):
 
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
         return (model(lr * 2 - 1).float() + 1) / 2
+
+    def card(self, config: dict) -> dict:
+        return {"architecture": (f"RRDBNet `{json.dumps(config)}` (`sr_core/nets/rrdbnet.py`, parameter names of "
+                                 f"the official SRDiff `rrdb.*` checkpoint)"),
+                "method": "`sr_core/methods/rrdb.py`",
+                "objective": f"L1 loss on images in [-1, 1], Adam (betas {list(self.betas)})",
+                "values": "LR in [-1, 1] in, SR in [-1, 1] out (SRDiff's convention)"}
 
 
 RECIPES: dict[str, Recipe] = {

@@ -15,6 +15,7 @@ encoder copy `rrdb.*` in one model.safetensors, with config.json carrying the ne
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,18 @@ class SRDiffRecipe(Recipe):
         x_t = ddpm.q_sample(x0, sch, t, noise)
         eps = model(x_t, t, lr * 2 - 1)
         return (eps.float() - noise).abs().mean()
+
+    def card(self, config: dict) -> dict:
+        cfg = self._cfg()
+        return {"architecture": (f"SRDiff (`sr_core/nets/srdiff_unet.py`: denoiser UNet `denoise_fn.*` dim {cfg['dim']}, "
+                                 f"mults {list(cfg['dim_mults'])}, conditioned on the frozen RRDBNet encoder `rrdb.*`; "
+                                 f"the official SRDiff parameter names), config `{json.dumps(config)}`"),
+                "method": "`sr_core/methods/srdiff.py`, SRDiff(\"mini\")",
+                "objective": (f"the official SRDiff objective: L1 between the noise and the UNet's prediction on the "
+                              f"residual x_0 = (HR - up(LR)) * {cfg['res_rescale']:g} (cosine schedule, T = "
+                              f"{cfg['timesteps']}); only the UNet learns, Adam (betas {list(self.betas)}); the "
+                              f"figures below sample with {cfg['default_steps']} respaced steps, seed 0"),
+                "values": "LR in [-1, 1] in, SR in [-1, 1] out (SRDiff's convention)"}
 
     @torch.no_grad()
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
