@@ -207,12 +207,23 @@ def canonicalize(obj: object, *, prefer: Iterable[str] = _WRAPPERS) -> dict[str,
 
 
 def load_file(path: PathLike) -> object:
-    """Read a checkpoint without executing code: safetensors, or torch.load(weights_only=True)."""
+    """Read a checkpoint without executing code: safetensors, torch.load(weights_only=True), or for
+    Lightning `.ckpt` files (StableSR) the restricted unpickler of `sr_core.ckpt` (tensors and plain
+    containers only; any other class becomes an inert stand-in, nothing is imported or run)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as st_load
 
         return st_load(str(path))
+    if path.suffix == ".ckpt":
+        from .ckpt import load_checkpoint_object
+
+        try:
+            return load_checkpoint_object(path)
+        except Exception as e:
+            raise WeightsUnavailable(
+                f"{path} could not be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
