@@ -58,6 +58,7 @@ def _build_default() -> Registry:
     from .methods.rrdb import RRDBMini
     from .methods.sinsr import SinSR
     from .methods.srdiff import SRDiff
+    from .methods.stablesr import StableSR
 
     reg = Registry()
     reg.register("bicubic", Bicubic)
@@ -67,9 +68,13 @@ def _build_default() -> Registry:
     # Minis whose training needs a GPU appear once their bundle has been exported (see their recipes):
     from . import weights
 
-    for mini_id, factory in (("resshift-mini", lambda: ResShift("mini")), ("sinsr-mini", lambda: SinSR("mini")),
-                             ("srdiff-mini", lambda: SRDiff("mini"))):
-        if (weights.ASSETS_WEIGHTS / mini_id / "config.json").is_file():
+    for mini_id, factory, marker in (("resshift-mini", lambda: ResShift("mini"), "config.json"),
+                                     ("sinsr-mini", lambda: SinSR("mini"), "config.json"),
+                                     ("srdiff-mini", lambda: SRDiff("mini"), "config.json"),
+                                     # the mini-sd prior + LoRA; a mini-sd folder alone is not a method
+                                     ("osediff-mini", lambda: OSEDiff("mini"), "osediff.safetensors"),
+                                     ("stablesr-mini", lambda: StableSR("mini"), "stablesr.safetensors")):
+        if (weights.ASSETS_WEIGHTS / mini_id / marker).is_file():
             reg.register(mini_id, factory)
     # Official checkpoints (downloaded on first use, or from SR_WEIGHTS_DIR / the env vars):
     reg.register("sinsr", lambda: SinSR("v1"))  # one step; the official demo's checkpoint
@@ -81,6 +86,8 @@ def _build_default() -> Registry:
     reg.register("resshift-bicsr", lambda: ResShift("bicsr"))  # 4 steps; bicubic degradation (benchmarks)
     reg.register("srdiff", lambda: SRDiff("official"))  # DIV2K x4, 100 steps (respaced 1..100)
     reg.register("osediff", lambda: OSEDiff("official"))  # 1 step on SD-2.1-base + the official LoRA
+    reg.register("stablesr", lambda: StableSR("official"))  # 200 steps, fidelity w (Iceclear/StableSR)
+    reg.register("stablesr-turbo", lambda: StableSR("turbo"))  # 4 steps, fidelity w
     return reg
 
 
