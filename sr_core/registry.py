@@ -72,7 +72,7 @@ def _build_default() -> Registry:
                                      ("sinsr-mini", lambda: SinSR("mini"), "config.json"),
                                      ("srdiff-mini", lambda: SRDiff("mini"), "config.json"),
                                      # the mini-sd prior + LoRA; a mini-sd folder alone is not a method
-                                     ("osediff-mini", lambda: OSEDiff("mini"), "osediff.safetensors"),
+                                     ("osediff-mini", lambda: OSEDiff("mini", merge=True), "osediff.safetensors"),
                                      ("stablesr-mini", lambda: StableSR("mini"), "stablesr.safetensors")):
         if (weights.ASSETS_WEIGHTS / mini_id / marker).is_file():
             reg.register(mini_id, factory)

@@ -302,7 +302,8 @@ def test_plain_sd_unet_converts_and_matches(meta, expected):
     from sr_core.nets.sd_configs import mini_sd_config
 
     mini = ldm_unet_key_map(mini_sd_config()["unet"], spade=False)
-    assert mini[UNET_PREFIX + "output_blocks.8.2.conv.weight"] == "up_blocks.2.upsamplers.0.conv.weight"
+    # one layer per block: two output blocks per level, the third level's upsampler in output_blocks.5
+    assert mini[UNET_PREFIX + "output_blocks.5.2.conv.weight"] == "up_blocks.2.upsamplers.0.conv.weight"
     with pytest.raises(ValueError, match=r"unexpected 1 keys: .*input_blocks\.1\.0\.spade\.mlp_beta\.bias"):
         convert_ldm_sd_unet(dict(sd, **{UNET_PREFIX + "input_blocks.1.0.spade.mlp_beta.bias": torch.zeros(32)}),
                             "tiny")

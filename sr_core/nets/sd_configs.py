@@ -113,11 +113,17 @@ def _shrink(unet_ch, head_dims, vae_ch, groups, cross, text_width, text_layers, 
 def mini_sd_config() -> dict[str, dict[str, Any]]:
     """`mini-sd`: the SD-2.1-base layout at a small width (same block types and module names).
 
-    UNet 64/128/256/256 channels (2 layers per block), VAE 32/64/128/128, 8 GroupNorm groups,
-    128-dim cross attention.  A mini trained without text keeps a fixed empty-prompt context
-    (`empty_prompt_embeds.safetensors` in its folder) and may omit text_encoder/ and tokenizer/.
+    UNet 32/64/128/128 channels (1 layer per block, 5.9 M parameters), VAE 16/32/64/64 (1 layer per
+    block, no mid-block self-attention, 0.95 M), 8 GroupNorm groups, 128-dim cross attention.  Sized so
+    the bundle stays ~12 MB (fp16 UNet) and a one-step 256 -> 1024 run takes a few seconds on a CPU
+    (the f8 VAE at full resolution dominates; measured in scripts/train_sd_minis.sh).  UNet widths stay
+    multiples of 32 because StableSR's SFT layers normalise with 32 groups.  A mini trained without text
+    keeps a fixed empty-prompt context (`empty_prompt_embeds.safetensors` in its folder) and may omit
+    text_encoder/ and tokenizer/.
     """
-    return _shrink((64, 128, 256, 256), (2, 4, 8, 8), (32, 64, 128, 128), 8, 128, 128, 2, 4, 1000, 2, 2, 77)
+    cfg = _shrink((32, 64, 128, 128), (1, 2, 4, 4), (16, 32, 64, 64), 8, 128, 128, 2, 4, 1000, 1, 1, 77)
+    cfg["vae"]["mid_block_add_attention"] = False
+    return cfg
 
 
 def tiny_sd_config() -> dict[str, dict[str, Any]]:

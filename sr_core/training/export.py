@@ -88,6 +88,10 @@ def export_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, dtyp
     if int(info.get("steps", -1)) != int(ck["step"]):  # the checkpoint is newer than train_info.json
         info = dict(info, steps=int(ck["step"]), wall_seconds=float(ck.get("elapsed", 0.0)), partial=True)
     recipe = recipe_from_dict(ck["recipe"])
+    hook = getattr(recipe, "export_run", None)
+    if callable(hook):  # recipes whose bundles have their own layout (resshift/sinsr/sd minis) export themselves
+        return hook(run_dir, model_id=model_id, assets_dir=assets_dir, dtype=dtype, which=which, evaluate=evaluate,
+                    eval_limit=eval_limit, eval_sets=eval_sets, eval_root=eval_root, notes=notes)
     model_id = model_id or recipe.export_id or recipe.name
     dest = Path(assets_dir) if assets_dir else ASSETS_WEIGHTS
     dest = dest / model_id

@@ -190,3 +190,7 @@ from . import recipes_resshift as _recipes_resshift  # noqa: E402,F401  (vqf4-mi
 from .recipes_srdiff import SRDIFF_MINI  # noqa: E402
 
 RECIPES.setdefault("srdiff-mini", SRDIFF_MINI)
+from .recipes_sd import SD_RECIPES  # noqa: E402  (mini-sd-vae, mini-sd, osediff-mini)
+
+for _name, _recipe in SD_RECIPES.items():
+    RECIPES.setdefault(_name, _recipe)

@@ -1,0 +1,184 @@
+"""mini-sd / osediff-mini training kit: the perceptual network (seeded and, when the wheel is at hand,
+the shipped shift-tolerant LPIPS weights), the recipes' configs, and the whole chain on tiny networks:
+mini-sd-vae -> mini-sd -> osediff-mini, export to a temporary assets folder, OSEDiff("mini") loads it
+and upscales a 16x16 image end to end, and the registry lists osediff-mini (not mini-sd)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_core.training import perceptual as P
+from sr_core.training.recipes import RECIPES, apply_overrides, get_recipe
+from sr_core.training.trainer import train
+from training_helpers import tiny_kit, write_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WHEEL = Path("/tmp/stl/stlpips_pytorch-0.0.2-py3-none-any.whl")
+MEMBER = "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth"
+
+
+def _pair(seed=0, sigma=0.1, shape=(2, 3, 32, 40)):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(shape, generator=g)
+    return a, (a + sigma * torch.randn(a.shape, generator=g)).clamp(0, 1)
+
+
+def _check_metric(net):
+    a, _ = _pair()
+    assert torch.allclose(net(a, a, normalize=True), torch.zeros(2), atol=1e-7)  # identical images -> 0
+    d = [float(net(a, _pair(sigma=s)[1], normalize=True).mean()) for s in (0.02, 0.1, 0.3)]
+    assert 0 < d[0] < d[1] < d[2], d  # grows with the noise
+    x = _pair(sigma=0.2)[1].clone().requires_grad_(True)
+    net(x, a, normalize=True).sum().backward()  # gradients reach the input and are finite
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+
+
+def test_perceptual_seeded_is_a_distance_with_gradients():
+    net = P.ShiftTolerantLPIPS.seeded()
+    assert not any(p.requires_grad for p in net.parameters())
+    _check_metric(net)
+    m = P.min_input_size()
+    z = torch.zeros(1, 3, m, m)
+    assert float(net(z, z)) == 0.0  # all-zero features: no NaN from the normalisation
+    with pytest.raises(ValueError, match="at least"):
+        net(torch.zeros(1, 3, m - 1, 40), torch.zeros(1, 3, m - 1, 40))
+
+
+def test_perceptual_weights_lookup_says_how(monkeypatch, tmp_path):
+    monkeypatch.setenv(P.LPIPS_ENV, str(tmp_path / "missing.pth"))
+    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="SR_LPIPS_WEIGHTS.*--no-deps stlpips-pytorch"):
+        P.load_perceptual("auto")
+    # a package folder found by find_spec (never imported) holding the file
+    pkg = tmp_path / "stlpips_pytorch"
+    (pkg / P.LPIPS_FILE).parent.mkdir(parents=True)
+    (pkg / P.LPIPS_FILE).write_bytes(b"x")
+    monkeypatch.delenv(P.LPIPS_ENV)
+    monkeypatch.setattr(P.importlib.util, "find_spec",
+                        lambda name: type("S", (), {"submodule_search_locations": [str(pkg)]})())
+    assert P.resolve_lpips_weights() == pkg / P.LPIPS_FILE
+    bad = tmp_path / "bad.pth"
+    torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, bad)
+    with pytest.raises(ValueError, match="missing net.slice1.0.weight"):
+        P.ShiftTolerantLPIPS.from_file(bad)
+
+
+@pytest.mark.skipif(not WHEEL.is_file(), reason=f"the stlpips-pytorch wheel is not at {WHEEL}")
+def test_perceptual_with_the_shipped_weights(tmp_path, monkeypatch):
+    with zipfile.ZipFile(WHEEL) as z:
+        (tmp_path / "alex.pth").write_bytes(z.read(MEMBER))
+    monkeypatch.setenv(P.LPIPS_ENV, str(tmp_path / "alex.pth"))
+    net = P.load_perceptual("auto")
+    _check_metric(net)
+    # values of the package's own network on this pair (checked once against a scratch rebuild of
+    # stlpips' shift-tolerant AlexNet + LPIPS formula: max difference 1e-9)
+    a, b = _pair()
+    assert torch.allclose(net(a, b, normalize=True), torch.tensor([0.0031951286, 0.0041927663]), rtol=1e-4)
+
+
+def test_configs_context_and_registration():
+    from sr_core.nets.sd_configs import mini_sd_config
+    from sr_core.training.recipes_sd import SD_RECIPES, fixed_context, sd_config
+
+    cfg, ref = sd_config(), mini_sd_config()
+    assert all(cfg[k] == ref[k] for k in ("unet", "vae", "scheduler"))
+    assert cfg["scheduler"]["beta_schedule"] == "scaled_linear" and cfg["scheduler"]["num_train_timesteps"] == 1000
+    c = fixed_context(77, 128)
+    assert c.shape == (1, 77, 128) and torch.equal(c, fixed_context(77, 128))
+    assert torch.allclose(c.std(-1), torch.ones(1, 77), atol=1e-5)
+    for name, r in SD_RECIPES.items():
+        assert RECIPES[name] is r and r.degradation.describe().startswith("bicubic")
+    ose = get_recipe("osediff-mini")
+    assert ose.lora_rank == 4 and apply_overrides(ose, ["degradation.realesrgan=1"]).degradation.p_realesrgan > 0
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sdkit")
+    k = tiny_kit(root, 4, 2)
+    write_images(root / "eval" / "BSD100" / "HR", 2, size=(48, 40), seed=5)
+    return k
+
+
+def _smoke(name, *sets):
+    r = get_recipe(name)
+    return apply_overrides(r, list(r.smoke) + list(sets))
+
+
+def test_three_stages_export_and_osediff_mini(kit, tmp_path, monkeypatch):
+    from sr_core import api, registry, weights
+    from sr_core.methods.osediff import EMPTY_EMBEDS_FILE, OSEDiff, load_osediff_weights
+    from sr_core.training.export import export_run
+    from sr_core.training.recipes_sd import load_prior
+    from sr_core.types import Settings
+
+    kw = dict(pack_path=kit["pack"], max_steps=2, device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vae_run, sd_run, ose_run = tmp_path / "vae", tmp_path / "sd", tmp_path / "ose"
+    train(_smoke("mini-sd-vae"), out=vae_run, **kw)
+    train(_smoke("mini-sd", f"vae_from={vae_run}"), out=sd_run, **kw)
+    ck = torch.load(sd_run / "ckpt" / "last.pt", weights_only=True)
+    vae0 = torch.load(vae_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v, vae0[k]) for k, v in ck["model"].items() if k.startswith("vae."))  # frozen VAE
+    sf = float(ck["ema"]["scaling_factor"])
+    assert sf > 0 and sf == float(ck["model"]["scaling_factor"])  # measured from the first batch
+
+    assets = tmp_path / "assets"
+    with pytest.raises(ValueError, match="not exported on its own"):
+        export_run(vae_run, assets_dir=assets)
+    res = export_run(sd_run, assets_dir=assets, eval_root=kit["eval"], eval_sets=("Set5",))
+    d = Path(res["dir"])
+    assert d.name == "mini-sd" and res["figures"]["vae_recon_bsd100"]["n"] == 2
+    vae_cfg = json.loads((d / "vae" / "config.json").read_text())
+    assert vae_cfg["scaling_factor"] == pytest.approx(sf) and not (d / "osediff.safetensors").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(d / EMPTY_EMBEDS_FILE), "pt") as f:
+        assert list(f.keys()) == ["prompt_embeds"] and tuple(f.get_tensor("prompt_embeds").shape) == (1, 8, 16)
+    with safe_open(str(d / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    card = (d / "MODEL_CARD.md").read_text()
+    assert "VAE reconstruction" in card and "LDM loss" in card and "mini-sd-vae" in card and "SetA" in card
+    prior = load_prior(str(d))  # the exported folder serves as a prior source as well as the run
+    assert prior["scaling_factor"] == pytest.approx(sf) and torch.equal(prior["context"], ck["ema"]["context"])
+
+    ose = _smoke("osediff-mini", f"prior_from={sd_run}")
+    train(ose, out=ose_run, **kw)
+    ck = torch.load(ose_run / "ckpt" / "last.pt", weights_only=True)
+    prior_ema = torch.load(sd_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+    assert all(torch.equal(v, prior_ema["unet." + k[10:]])
+               for k, v in ck["model"].items() if k.startswith("real_unet."))  # the real score is the frozen prior
+    moved = [k for k, v in ck["model"].items() if "lora_B" in k and k.startswith(("gen_", "fake_")) and v.abs().sum() > 0]
+    assert any(k.startswith("gen_unet.") for k in moved) and any(k.startswith("gen_vae.") for k in moved)
+    assert any(k.startswith("fake_unet.") for k in moved)  # the fake score trained too
+
+    res = export_run(ose_run, assets_dir=assets, eval_root=kit["eval"], eval_sets=("Set5",))
+    od = Path(res["dir"])
+    assert od.name == "osediff-mini" and res["figures"]["Set5"]["n"] == 2
+    for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json", EMPTY_EMBEDS_FILE,
+              "osediff.safetensors", "MODEL_CARD.md", "SHA256SUMS"):
+        assert (od / f).is_file(), f
+    w = load_osediff_weights(od / "osediff.safetensors")
+    assert w["rank_unet"] == 4 and any("conv_in" in k for k in w["state_dict_unet"])
+    card = (od / "MODEL_CARD.md").read_text()
+    assert "Set5" in card and "VSD" in card and "bicubic" in card
+
+    method = OSEDiff("mini", bundle_dir=od)
+    assert method.availability().ok
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = api.run_method(method, lr, api.check_settings(method.info, Settings(color_fix="none")))
+    assert out.shape == (1, 3, 64, 64) and 0 <= float(out.min()) and float(out.max()) <= 1
+    model = ose.build_model()  # the training-side generator from the EMA weights gives the same image
+    model.load_state_dict(ck["ema"])
+    with torch.no_grad():
+        ref = ose.infer(model.eval(), lr)
+    assert (out - ref).abs().max() < 2e-2  # UNet base stored in fp16
+
+    monkeypatch.setattr(weights, "ASSETS_WEIGHTS", assets)
+    ids = registry._build_default().ids()
+    assert "osediff-mini" in ids and "mini-sd" not in ids
