@@ -38,7 +38,7 @@ from .. import weights as W
 from ..diffusion import stablesr as sd
 from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
 
-__all__ = ["StableSR", "StableSRModel", "load_official", "load_mini", "save_mini_weights", "MINI_WEIGHTS_FILE",
+__all__ = ["StableSR", "StableSRModel", "make_model_fn", "load_official", "load_mini", "save_mini_weights", "MINI_WEIGHTS_FILE",
            "VARIANTS"]
 
 HF_REPO = "Iceclear/StableSR"
@@ -270,6 +270,19 @@ def _load_partial(module: torch.nn.Module, sd_: Mapping[str, torch.Tensor], pref
 # the method
 
 
+def make_model_fn(denoiser, z_lr: torch.Tensor, context: torch.Tensor):
+    """The denoiser the aggregation sampler calls per latent tile (official `p_mean_variance_canvas`):
+    the time-aware encoder on the same crop of the clean LR latent at the same timestep feeds the SFT
+    layers of the UNet, which predicts eps (or v) for the tile with the fixed text context."""
+
+    def model_fn(x_tile: torch.Tensor, t_model, box) -> torch.Tensor:
+        z_tile = box.crop(z_lr) if box is not None else z_lr
+        struct = denoiser.encode_struct(z_tile, t_model)
+        return denoiser(x_tile, t_model, context.expand(x_tile.shape[0], -1, -1), struct)
+
+    return model_fn
+
+
 def torch_bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """x`scale` with PyTorch's bicubic (align_corners False), clamped to [0, 1]: the official script's
     `F.interpolate(mode="bicubic")` upsampling of the LR."""
@@ -416,10 +429,7 @@ class StableSR:
         x_T = sd.q_sample(z_lr, base, base.N - 1, ctx.randn(("stablesr", "x_T"), 4, lh, lw).to(dev, dt))
         context = m.context.to(dev, dt)
 
-        def model_fn(x_tile: torch.Tensor, t_model, box) -> torch.Tensor:
-            z_tile = box.crop(z_lr) if box is not None else z_lr
-            struct = m.denoiser.encode_struct(z_tile, t_model)
-            return m.denoiser(x_tile, t_model, context.expand(x_tile.shape[0], -1, -1), struct)
+        model_fn = make_model_fn(m.denoiser, z_lr, context)
 
         def noise_fn(k: int, shape) -> torch.Tensor:
             return ctx.randn(("stablesr", "step", int(k)), int(shape[1]), int(shape[-2]), int(shape[-1])).to(dev, dt)
