@@ -38,7 +38,7 @@ from .. import weights as W
 from ..diffusion import stablesr as sd
 from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
 
-__all__ = ["StableSR", "StableSRModel", "make_model_fn", "load_official", "load_mini", "save_mini_weights", "MINI_WEIGHTS_FILE",
+__all__ = ["StableSR", "StableSRModel", "make_model_fn", "sample", "load_official", "load_mini", "save_mini_weights", "MINI_WEIGHTS_FILE",
            "VARIANTS"]
 
 HF_REPO = "Iceclear/StableSR"
@@ -406,49 +406,58 @@ class StableSR:
         steps = int(st.steps or self.info.steps.default)
         ctx.report(0.0, f"{self.info.id}: loading")
         m = self.model(ctx.device)
-        dev, dt = ctx.device, m.dtype
-        h0, w0 = lr.shape[-2:]
-        up_scale = s
-        if self.min_side and min(h0, w0) * s < self.min_side:  # the script's "at least 512 px" upsampling
-            up_scale = -(-self.min_side // min(h0, w0))
-        x = torch_bicubic(lr, up_scale)
-        x = _pad_to(x, 64)  # latent a multiple of 8: the UNet's three downsamplings (the script pads to 32)
-        x = (x * 2 - 1).to(dev, dt)
-        lh, lw = x.shape[-2] // 8, x.shape[-1] // 8
         tile = max(int(st.tile or self.info.default_tile) // 16 * 8, 8)  # LR px -> latent px, a multiple of 8
         overlap = min(max(int(st.tile_overlap) // 2, 0), tile - 1)
-        vae_tile = CPU_VAE_TILE if dev.type != "cuda" else 160
+        return sample(m, lr, ctx, steps=steps, w=w, scale=s, tile=tile, overlap=overlap, min_side=self.min_side,
+                      label=self.info.id)
 
-        ctx.report(0.02, f"{self.info.id}: encoding")
-        post_noise = ctx.randn(("stablesr", "posterior"), 4, lh, lw).to(dev, dt)
-        z_lr, feats = m.encode_lr_tiled(x, post_noise, vae_tile * 8, 16 * 8)
-        base = sd.sd_schedule(int(m.schedule_cfg["timesteps"]), float(m.schedule_cfg["linear_start"]),
-                              float(m.schedule_cfg["linear_end"]))
-        sched = sd.respace(sd.sd_betas(int(m.schedule_cfg["timesteps"]), float(m.schedule_cfg["linear_start"]),
-                                       float(m.schedule_cfg["linear_end"])), steps)
-        x_T = sd.q_sample(z_lr, base, base.N - 1, ctx.randn(("stablesr", "x_T"), 4, lh, lw).to(dev, dt))
-        context = m.context.to(dev, dt)
 
-        model_fn = make_model_fn(m.denoiser, z_lr, context)
+@torch.inference_mode()
+def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w: float, scale: int = 4,
+           tile: int = DEFAULT_LATENT_TILE, overlap: int = DEFAULT_LATENT_OVERLAP, min_side: int = 0,
+           label: str = "stablesr") -> torch.Tensor:
+    """One StableSR run of the networks `m` on `lr` (1, 3, h, w) in [0, 1] -> (1, 3, h*scale, w*scale):
+    upsample, encode (posterior noise from `ctx.randn`), x_T = z_lr noised to t = T-1, `steps` respaced
+    aggregation-sampling steps over `tile`-px latent tiles (`overlap` px), CFW decode with weight `w`.
+    `StableSR.run` and the training recipes' validation both call this."""
+    dev, dt = ctx.device, m.dtype
+    h0, w0 = lr.shape[-2:]
+    up_scale = scale
+    if min_side and min(h0, w0) * scale < min_side:  # the script's "at least 512 px" upsampling
+        up_scale = -(-min_side // min(h0, w0))
+    x = torch_bicubic(lr, up_scale)
+    x = _pad_to(x, 64)  # latent a multiple of 8: the UNet's three downsamplings (the script pads to 32)
+    x = (x * 2 - 1).to(dev, dt)
+    lh, lw = x.shape[-2] // 8, x.shape[-1] // 8
+    vae_tile = CPU_VAE_TILE if dev.type != "cuda" else 160
 
-        def noise_fn(k: int, shape) -> torch.Tensor:
-            return ctx.randn(("stablesr", "step", int(k)), int(shape[1]), int(shape[-2]), int(shape[-1])).to(dev, dt)
+    ctx.report(0.02, f"{label}: encoding")
+    post_noise = ctx.randn(("stablesr", "posterior"), 4, lh, lw).to(dev, dt)
+    z_lr, feats = m.encode_lr_tiled(x, post_noise, vae_tile * 8, 16 * 8)
+    T, lo, hi = int(m.schedule_cfg["timesteps"]), float(m.schedule_cfg["linear_start"]), float(m.schedule_cfg["linear_end"])
+    base = sd.sd_schedule(T, lo, hi)
+    sched = sd.respace(sd.sd_betas(T, lo, hi), steps)
+    x_T = sd.q_sample(z_lr, base, base.N - 1, ctx.randn(("stablesr", "x_T"), 4, lh, lw).to(dev, dt))
+    model_fn = make_model_fn(m.denoiser, z_lr, m.context.to(dev, dt))
 
-        def callback(info: Mapping[str, Any]) -> None:
-            done = steps - int(info["k"])
-            ctx.report(0.05 + 0.85 * done / steps, f"{self.info.id}: step {done}/{steps}")
+    def noise_fn(k: int, shape) -> torch.Tensor:
+        return ctx.randn(("stablesr", "step", int(k)), int(shape[1]), int(shape[-2]), int(shape[-1])).to(dev, dt)
 
-        z = sd.canvas_sample(model_fn, x_T, sched, tile=tile, overlap=overlap, noise_fn=noise_fn,
-                             parameterization=m.parameterization, callback=callback)
-        ctx.report(0.92, f"{self.info.id}: decoding (w = {w:g})")
-        out = m.cfw.decode_tiled(z / m.scale_factor, feats, w, vae_tile, 16)
-        out = ((out.float() + 1) / 2).clamp(0, 1)
-        if up_scale != s:  # back to x`s` of the input (the script's final resize)
-            out = out[:, :, :h0 * up_scale, :w0 * up_scale]
-            out = F.interpolate(out, size=(h0 * s, w0 * s), mode="bicubic", align_corners=False,
-                                antialias=True).clamp(0, 1)
-        ctx.report(1.0, f"{self.info.id}: done")
-        return out[:, :, :h0 * s, :w0 * s]
+    def callback(info: Mapping[str, Any]) -> None:
+        done = steps - int(info["k"])
+        ctx.report(0.05 + 0.85 * done / steps, f"{label}: step {done}/{steps}")
+
+    z = sd.canvas_sample(model_fn, x_T, sched, tile=tile, overlap=overlap, noise_fn=noise_fn,
+                         parameterization=m.parameterization, callback=callback)
+    ctx.report(0.92, f"{label}: decoding (w = {w:g})")
+    out = m.cfw.decode_tiled(z / m.scale_factor, feats, w, vae_tile, 16)
+    out = ((out.float() + 1) / 2).clamp(0, 1)
+    if up_scale != scale:  # back to x`scale` of the input (the script's final resize)
+        out = out[:, :, :h0 * up_scale, :w0 * up_scale]
+        out = F.interpolate(out, size=(h0 * scale, w0 * scale), mode="bicubic", align_corners=False,
+                            antialias=True).clamp(0, 1)
+    ctx.report(1.0, f"{label}: done")
+    return out[:, :, :h0 * scale, :w0 * scale]
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
