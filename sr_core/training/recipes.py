@@ -194,3 +194,7 @@ from .recipes_sd import SD_RECIPES  # noqa: E402  (mini-sd-vae, mini-sd, osediff
 
 for _name, _recipe in SD_RECIPES.items():
     RECIPES.setdefault(_name, _recipe)
+from .recipes_stablesr import STABLESR_RECIPES  # noqa: E402  (stablesr-mini, stablesr-cfw-mini)
+
+for _name, _recipe in STABLESR_RECIPES.items():
+    RECIPES.setdefault(_name, _recipe)

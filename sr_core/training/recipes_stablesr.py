@@ -1,0 +1,367 @@
+"""Training recipes of `stablesr-mini`: StableSR's trainable parts on the frozen `mini-sd` prior.
+
+Two stages, as the paper and the official code (IceClear/StableSR) train them:
+
+    stablesr-mini       stage 1 (official `LatentDiffusionSRTextWT.p_losses`, configs/stableSRNew/
+                        v2-finetune_text_T_512.yaml): the time-aware encoder and the SFT layers learn, the SD
+                        UNet, the VAE and the text context stay frozen.  z_0 = s * E(HR) (posterior mean,
+                        s = the prior's scaling factor), z_lr = s * E(up(LR)) with up() the method's PyTorch
+                        bicubic x4, t ~ U{0..T-1}, x_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, loss
+                        MSE(eps_theta(x_t, t, c, SFT(encoder(z_lr, t))), eps) on SD's linear schedule.
+    stablesr-cfw-mini   stage 2 (official `AutoencoderKLResi` with configs/autoencoder/
+                        autoencoder_kl_64x64x4_resi.yaml): only the CFW fusion layers learn; the decoder output
+                        D(z, F_e(up(LR)), w = 1) is pulled to HR with L1 (+ `lambda_lpips` x the shift-tolerant
+                        LPIPS of `perceptual.py` when its weights are present).  The official data are latents
+                        the trained diffusion model *sampled* from each LR (scripts/generate_vqgan_data.py);
+                        sampling per batch is too slow here, so z is the stage-1 model's one-shot x0
+                        prediction from z_0 noised to a random t in [cfw_t_min, cfw_t_max] -- a latent with
+                        the generator's errors at a chosen severity (our choice, stated in the card).
+
+Both stages run through the method's own modules (`sr_core.methods.stablesr.build_mini` / `sample`),
+and the export (`python -m sr_core.training export runs/stablesr-cfw-mini`) writes the bundle
+`StableSR("mini")` loads: config.json (prior folder, encoder / SFT / fusion configs) + stablesr.safetensors
+(`save_mini_weights`) + a model card with a BSD100 x4 PSNR sweep over w = 0, 0.25, 0.5, 0.75, 1.  The
+prior (`prior_from`) must be an exported mini-sd folder for the export (a run folder trains, but the
+bundle points at the folder); `prior_from=''` builds a seeded random prior (smoke tests only).  The code
+is ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .degradations import DegradationMix
+from .recipes import Recipe
+
+__all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
+W_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
+BICUBIC_BSD100_X4 = 25.96
+
+_DEFAULTS: dict[str, Any] = {
+    # time-aware encoder (official EncoderUNetModelWT at a small width; channels multiples of 32, one level
+    # per UNet resolution so every SFT layer finds features of its width)
+    "encoder": {"model_channels": 64, "out_channels": 64, "num_res_blocks": 1, "attention_resolutions": [4, 2],
+                "channel_mult": [1, 1, 2, 2], "num_heads": 4},
+    "semb_channels": 64,
+    "fusion": {"num_fuse_block": 1, "num_grow_ch": 16, "norm_num_groups": 8},
+    "default_steps": 20,
+    "parameterization": "eps",
+    "prior_model": {},  # flat mini-sd keys for the random smoke prior (prior_from='')
+}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _resolve(p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else REPO_ROOT / q
+
+
+class StableSRTrainer(nn.Module):
+    """The mini's networks (`net`, a StableSRModel) plus the training losses of both stages."""
+
+    def __init__(self, net: nn.Module, config: dict, stage: str, *, lpips: Optional[nn.Module] = None,
+                 lambda_lpips: float = 0.0, cfw_t: tuple = (200, 999)):
+        super().__init__()
+        from ..diffusion import stablesr as sd
+
+        if stage not in ("sft", "cfw"):
+            raise ValueError(f"stage must be 'sft' or 'cfw', not {stage!r}")
+        self.net, self.config, self.stage = net, dict(config), stage
+        self.lpips, self.lambda_lpips, self.cfw_t = lpips, float(lambda_lpips), tuple(int(v) for v in cfw_t)
+        sched = sd.sd_schedule()
+        self.register_buffer("abar", torch.from_numpy(np.asarray(sched.alphas_cumprod, dtype=np.float32)),
+                             persistent=False)
+        net.requires_grad_(False)
+        if stage == "sft":
+            net.denoiser.structcond.requires_grad_(True)
+            net.denoiser.sft.requires_grad_(True)
+        else:
+            net.cfw.fusion.requires_grad_(True)
+
+    def config_dict(self) -> dict:
+        return dict(self.config)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()  # frozen parts keep inference behaviour; the trainable ones have no dropout/BN
+        return self
+
+    @torch.no_grad()
+    def _latents(self, hr: torch.Tensor, lr: torch.Tensor):
+        from ..methods.stablesr import torch_bicubic
+
+        net = self.net
+        sf = net.scale_factor
+        z0 = net.cfw.encode(hr * 2 - 1)[0] * sf
+        up = torch_bicubic(lr, hr.shape[-1] // lr.shape[-1]) * 2 - 1
+        z_lr, feats = net.cfw.encode(up)
+        # the encoder's outputs can come back channels-last; torch 2.13's CPU backward through the SFT-hooked
+        # UNet crashed (segfault) on such inputs here, so hand the UNet standard-layout tensors
+        return (z0.contiguous(), (z_lr * sf).contiguous(), [f.contiguous() for f in feats])
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
+        hr, lr = hr.float(), lr.float()
+        z0, z_lr, feats = self._latents(hr, lr)
+        B = hr.shape[0]
+        ctx = self.net.context.to(hr.dtype).expand(B, -1, -1)
+        den = self.net.denoiser
+        if self.stage == "sft":
+            t = torch.randint(0, self.abar.numel(), (B,), device=hr.device)
+            a = self.abar[t].view(-1, 1, 1, 1)
+            eps = torch.randn_like(z0)
+            x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+            pred = den(x_t, t, ctx, den.encode_struct(z_lr, t))
+            loss = F.mse_loss(pred.float(), eps)
+            return {"loss": loss, "mse": loss.detach()}
+        with torch.no_grad():  # the generator's latent at a random severity: one-shot x0 from z_0 noised to t
+            t = torch.randint(self.cfw_t[0], self.cfw_t[1] + 1, (B,), device=hr.device)
+            a = self.abar[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn_like(z0)
+            e = den(x_t, t, ctx, den.encode_struct(z_lr, t)).float()
+            z = (x_t - (1 - a).sqrt() * e) / a.sqrt()
+        out = self.net.cfw.decode(z / self.net.scale_factor, feats, 1.0)
+        l1 = (out.float() - (hr * 2 - 1)).abs().mean()
+        loss, terms = l1, {"l1": l1.detach()}
+        if self.lpips is not None and self.lambda_lpips:
+            p = self.lpips(((out.float() + 1) / 2).clamp(0, 1), hr).mean()
+            loss = loss + self.lambda_lpips * p
+            terms["lpips"] = p.detach()
+        return {"loss": loss, **terms}
+
+
+def build_net(prior_from: str, cfg: dict):
+    """A StableSRModel on the prior `prior_from` (a mini-sd folder or run; '' = a seeded random prior)."""
+    from ..methods.stablesr import StableSRModel
+    from ..nets.stablesr_unet import StableSRUNet
+    from ..nets.stablesr_vae import CFWAutoencoder
+    from .recipes_sd import load_prior
+
+    prior = load_prior(prior_from, cfg.get("prior_model") or None)
+    denoiser = StableSRUNet(dict(prior["unet"].config), dict(cfg["encoder"]), int(cfg["semb_channels"]))
+    denoiser.unet.load_state_dict(prior["unet"].state_dict(), strict=True)
+    cfw = CFWAutoencoder(dict(prior["vae"].config), dict(cfg.get("fusion") or {}), fusion=True)
+    cfw.vae.load_state_dict(prior["vae"].state_dict(), strict=True)
+    return StableSRModel(denoiser, cfw, prior["context"].float(), scale_factor=float(prior["scaling_factor"]),
+                         parameterization=str(cfg.get("parameterization", "eps")))
+
+
+def _load_stage1(trainer: StableSRTrainer, stage1_from: str) -> None:
+    """Copy the trained time-aware encoder + SFT layers (EMA) of a stage-1 run into `trainer`."""
+    p = _resolve(stage1_from)
+    ck = torch.load(p / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    sd = ck.get("ema") or ck["model"]
+    own = trainer.state_dict()
+    part = {k: v for k, v in sd.items() if k.startswith(("net.denoiser.structcond.", "net.denoiser.sft."))}
+    want = [k for k in own if k.startswith(("net.denoiser.structcond.", "net.denoiser.sft."))]
+    missing = sorted(set(want) - set(part))
+    if missing or not part:
+        raise ValueError(f"{stage1_from} is not a stablesr-mini stage-1 run of this config (missing {missing[:5]})")
+    for k, v in part.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"{stage1_from}: {k} has shape {tuple(v.shape)}, the network {tuple(own[k].shape)}")
+        own[k].copy_(v)
+
+
+@dataclass(frozen=True)
+class StableSRMiniRecipe(Recipe):
+    """StableSR on the frozen mini-sd prior; `stage` 'sft' (encoder + SFT) or 'cfw' (the CFW fusion)."""
+
+    stage: str = "sft"
+    prior_from: str = "assets/weights/mini-sd"  # an exported mini-sd folder ('' = random, smoke only)
+    stage1_from: str = ""  # stage 'cfw': the stage-1 run folder whose encoder + SFT it builds on
+    lambda_lpips: float = 0.1
+    lpips_weights: str = "auto"  # 'auto' (SR_LPIPS_WEIGHTS or the stlpips wheel; none: L1 only), 'seeded', path
+    cfw_t_min: int = 200
+    cfw_t_max: int = 999
+
+    def _cfg(self) -> dict:
+        cfg = json.loads(json.dumps(_DEFAULTS))
+        cfg.update(json.loads(json.dumps(self.model_config)))
+        return cfg
+
+    def build_model(self) -> nn.Module:
+        cfg = self._cfg()
+        net = build_net(self.prior_from, cfg)
+        lp = None
+        if self.stage == "cfw" and self.lambda_lpips:
+            from .recipes_sd import _perceptual
+
+            lp = _perceptual(self.lpips_weights, self.lambda_lpips)
+        trainer = StableSRTrainer(net, {**cfg, "prior_from": self.prior_from}, self.stage, lpips=lp,
+                                  lambda_lpips=self.lambda_lpips, cfw_t=(self.cfw_t_min, self.cfw_t_max))
+        if self.stage == "cfw" and self.stage1_from:
+            _load_stage1(trainer, self.stage1_from)
+        return trainer
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["hr"], batch["lr"])["loss"]
+
+    @torch.no_grad()
+    def infer(self, model: nn.Module, lr: torch.Tensor, w: Optional[float] = None) -> torch.Tensor:
+        """A full `StableSR("mini")` run (`sr_core.methods.stablesr.sample`, seed 0, default_steps) at w
+        (default: 1 for the CFW stage, 0 for stage 1, whose fusion layers are untrained)."""
+        from ..methods.stablesr import sample
+        from ..types import RunContext, Settings
+
+        inner = _unwrap(model)
+        w = (1.0 if inner.stage == "cfw" else 0.0) if w is None else float(w)
+        ctx = RunContext(settings=Settings(scale=self.scale), device=lr.device,
+                         generator=torch.Generator().manual_seed(0), full_size=tuple(lr.shape[-2:]))
+        return sample(inner.net, lr.float(), ctx, steps=int(inner.config["default_steps"]), w=w, scale=self.scale)
+
+    def card(self, config: dict) -> dict:
+        return {"architecture": ("StableSR (`sr_core/nets/stablesr_unet.py` time-aware encoder + SFT on the frozen "
+                                 "mini-sd UNet; `sr_core/nets/stablesr_vae.py` CFW fusion on the frozen mini-sd VAE)"),
+                "method": "`sr_core/methods/stablesr.py`, StableSR(\"mini\")",
+                "objective": "stage 1: MSE on eps (official); stage 2: L1 (+ LPIPS) of the CFW decode at w = 1",
+                "values": "LR in [0, 1] in, SR in [0, 1] out"}
+
+    def export_run(self, run_dir, *, model_id: Optional[str] = None, assets_dir=None, dtype: str = "fp16",
+                   which: str = "ema", evaluate: bool = True, eval_limit: Optional[int] = None,
+                   eval_sets=("BSD100",), eval_root: Path = EVAL_ROOT, notes: str = "", **_) -> dict:
+        return export_stablesr_run(self, run_dir, model_id=model_id, assets_dir=assets_dir, dtype=dtype,
+                                   which=which, evaluate=evaluate, eval_limit=eval_limit,
+                                   eval_sets=tuple(eval_sets), eval_root=Path(eval_root), notes=notes)
+
+
+def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, assets_dir=None, dtype="fp16",
+                        which="ema", evaluate=True, eval_limit=None, eval_sets=("BSD100",), eval_root=EVAL_ROOT,
+                        notes: str = "") -> dict:
+    """Write `<assets>/<id>/` = config.json + stablesr.safetensors + MODEL_CARD.md + SHA256SUMS."""
+    from ..evaluate import evaluate_fn
+    from ..methods.stablesr import MINI_WEIGHTS_FILE, save_mini_weights
+    from ..weights import sha256_file
+    from .export import recipe_from_dict
+
+    run_dir = Path(run_dir)
+    ck = torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    recipe = recipe_from_dict(ck["recipe"]) if ck.get("recipe") else recipe
+    if not recipe.prior_from:
+        raise ValueError("this run used a random prior (prior_from=''): nothing to export")
+    prior = _resolve(recipe.prior_from)
+    if not (prior / "unet" / "config.json").is_file():
+        raise ValueError(f"the prior {prior} is not an exported mini-sd folder: export mini-sd first "
+                         f"(python -m sr_core.training export runs/mini-sd) and train with prior_from= that folder")
+    model = recipe.build_model()
+    model.load_state_dict(ck[which], strict=True)
+    model.eval()
+    model_id = model_id or recipe.export_id or "stablesr-mini"
+    dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = recipe._cfg()
+    bundle_cfg = {"id": model_id, "prior": os.path.relpath(prior, dest), "encoder": cfg["encoder"],
+                  "semb_channels": cfg["semb_channels"], "fusion": cfg["fusion"],
+                  "parameterization": cfg["parameterization"], "default_steps": cfg["default_steps"],
+                  "timesteps": 1000, "stage": recipe.stage, "recipe": recipe.to_dict(), "steps": int(ck["step"])}
+    torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+    wpath = save_mini_weights(dest / MINI_WEIGHTS_FILE, model.net, bundle_cfg, dtype=torch_dtype)
+
+    sweep: dict = {}
+    if evaluate:
+        from ..methods.stablesr import load_mini
+
+        (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
+        served = load_mini(dest)  # evaluate the files as the method will read them
+        probe = StableSRTrainer(served, bundle_cfg, "cfw")
+        for name in eval_sets:
+            hr = eval_root / name / "HR"
+            if not hr.is_dir():
+                continue
+            for w in W_SWEEP:
+                res = evaluate_fn(lambda x, w=w: recipe.infer(probe, x, w=w), hr, scale=recipe.scale,
+                                  limit=eval_limit or None, method=f"{model_id}@w={w:g}")
+                sweep.setdefault(name, {})[f"{w:g}"] = {k: v for k, v in res.items() if k != "images"}
+    bundle_cfg["eval_x4_w_sweep"] = sweep
+    (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
+    digest = sha256_file(wpath)
+    (dest / "SHA256SUMS").write_text(f"{digest}  {MINI_WEIGHTS_FILE}\n")
+    (dest / "MODEL_CARD.md").write_text(_card(model_id, recipe, ck, bundle_cfg, sweep, digest,
+                                              wpath.stat().st_size / 1e6, eval_limit, notes))
+    return {"dir": str(dest), "sha256": digest, "w_sweep": sweep, "steps": int(ck["step"])}
+
+
+def _card(model_id, recipe, ck, cfg, sweep, digest, size_mb, eval_limit, notes) -> str:
+    rows = []
+    for name, by_w in sweep.items():
+        ps = [by_w[f"{w:g}"]["psnr_y"] for w in W_SWEEP]
+        mono = all(b >= a for a, b in zip(ps, ps[1:]))
+        rows.append(f"| {name} | " + " | ".join(f"{p:.2f}" for p in ps) +
+                    f" | {ps[-1] - ps[0]:+.2f} | {'yes' if mono else 'no'} |")
+    table = ("| set | " + " | ".join(f"w={w:g}" for w in W_SWEEP) + " | w=1 - w=0 | monotonic |\n|---|" +
+             "---|" * (len(W_SWEEP) + 2) + "\n" + "\n".join(rows)) if rows else "(not evaluated)"
+    elapsed = float(ck.get("elapsed", 0.0))
+    return f"""# {model_id}
+
+{recipe.description}
+
+- **Method**: `StableSR("mini")` (`sr_core/methods/stablesr.py`), the same code as the official checkpoints.
+- **Prior**: the frozen `mini-sd` folder `{cfg['prior']}` (UNet, VAE, fixed empty-prompt context).
+- **Weights**: `stablesr.safetensors` (time-aware encoder `denoiser.structcond.*`, SFT `denoiser.sft.*`, CFW
+  fusion `cfw.fusion.*`), {size_mb:.2f} MB, sha256 `{digest}`.
+- **Config**: encoder `{json.dumps(cfg['encoder'])}`, semb {cfg['semb_channels']}, fusion
+  `{json.dumps(cfg['fusion'])}`, {cfg['default_steps']} sampling steps by default.
+
+## Training
+- Recipe `{recipe.name}` (`sr_core/training/recipes_stablesr.py`), stage `{recipe.stage}`: {recipe.card({})['objective']};
+  lr {recipe.lr:g}, batch {recipe.batch_size}, LR patch {recipe.patch_lr} px; stage-1 run `{recipe.stage1_from or '-'}`.
+- Steps {int(ck['step'])}, wall time {elapsed / 60:.1f} min (this stage), device: see the run's train_info.json.
+- Data: the training pack (crops of ../shared/data/train), bicubic x4 degradation. No eval/ image was used.
+
+{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}## Fidelity-realism weight w (x4 Y-PSNR dB, `sr_core eval` protocol, seed 0{', first ' + str(eval_limit) + ' images' if eval_limit else ''})
+
+{table}
+
+Bicubic on BSD100 x4: {BICUBIC_BSD100_X4:.2f} dB. Exported {time.strftime('%Y-%m-%d')}.
+"""
+
+
+_SMOKE = ("prior_from=", "log_every=1", "ckpt_every=0", "val_every=0", "warmup_steps=0", "batch_size=2",
+          "patch_lr=12", "lr=1e-3", "lr_min=1e-4", "ema_decay=0.9",
+          'model.prior_model={"unet_channels": [32, 32], "unet_heads": [2, 2], "unet_layers": 1, '
+          '"vae_channels": [8, 16, 16, 16], "vae_layers": 1, "groups": 8, "cross_dim": 16, "ctx_len": 4}',
+          'model.encoder={"model_channels": 32, "out_channels": 32, "num_res_blocks": 1, '
+          '"attention_resolutions": [], "channel_mult": [1, 1], "num_heads": 2}',
+          "model.semb_channels=32", 'model.fusion={"num_fuse_block": 1, "num_grow_ch": 8, "norm_num_groups": 8}',
+          "model.default_steps=2")
+
+_BICUBIC = DegradationMix(bicubic=1.0, realesrgan=0.0)
+
+STABLESR_RECIPES: dict[str, Recipe] = {
+    "stablesr-mini": StableSRMiniRecipe(
+        name="stablesr-mini",
+        description=("StableSR stage 1 on the frozen mini-sd prior: the time-aware encoder (official "
+                     "EncoderUNetModelWT at width 64) and the SFT layers of every UNet resnet trained with the "
+                     "official eps-MSE objective conditioned on the LR latent; bicubic x4 pairs."),
+        model_config=json.loads(json.dumps(_DEFAULTS)), stage="sft", scale=4, batch_size=32, patch_lr=32, max_steps=20000, lr=5e-5 * 4, lr_min=1e-5,
+        warmup_steps=300, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999, degradation=_BICUBIC,
+        ckpt_every=1000, log_every=20, val_every=0, val_limit=2, export_id="stablesr-mini",
+        method_id="stablesr-mini", smoke=_SMOKE,
+    ),
+    "stablesr-cfw-mini": StableSRMiniRecipe(
+        name="stablesr-cfw-mini",
+        description=("StableSR stage 2 (CFW) on the frozen mini-sd VAE: the fusion layers learn to pull the "
+                     "decoded image to HR at w = 1 from latents with the stage-1 model's errors (one-shot x0 "
+                     "predictions from t in [200, 999]); L1 + 0.1 shift-tolerant LPIPS; bicubic x4 pairs."),
+        model_config=json.loads(json.dumps(_DEFAULTS)), stage="cfw", stage1_from="runs/stablesr-mini", scale=4, batch_size=16, patch_lr=32, max_steps=10000,
+        lr=1e-4, lr_min=1e-5, warmup_steps=200, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,
+        degradation=_BICUBIC, ckpt_every=1000, log_every=20, val_every=0, val_limit=2,
+        export_id="stablesr-mini", method_id="stablesr-mini",
+        smoke=_SMOKE + ("stage1_from=", "lambda_lpips=0"),
+    ),
+}
