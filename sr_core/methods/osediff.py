@@ -37,9 +37,18 @@ from .. import weights as W
 from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
 
 __all__ = ["OSEDiff", "OSEDiffModel", "official_lora_targets", "attach_lora", "load_osediff_weights",
-           "save_osediff_weights", "merge_lora_", "lora_state_dicts", "pil_bicubic", "SD_SUBFOLDERS", "DTYPES"]
+           "save_osediff_weights", "merge_lora_", "lora_state_dicts", "pil_bicubic", "SD_SUBFOLDERS", "DTYPES",
+           "compute_dtype"]
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def compute_dtype(device: torch.device, choice: str) -> torch.dtype:
+    """The weights' dtype for a `DTYPES` choice on `device`: fp32 on the CPU and for "fp32"; bf16 or fp16
+    on CUDA ("auto" = fp16)."""
+    if device.type != "cuda" or choice == "fp32":
+        return torch.float32
+    return torch.bfloat16 if choice == "bf16" else torch.float16
 SD_ENV = "OSEDIFF_SD_PATH"  # a local SD-2.1-base folder in diffusers layout
 SD_REPO_ENV = "OSEDIFF_SD_REPO"  # a Hugging Face repo id holding SD-2.1-base (a mirror of the removed original)
 DEFAULT_SD_REPO = "stabilityai/stable-diffusion-2-1-base"  # removed upstream in 2025; found only in an existing cache
@@ -576,11 +585,6 @@ class OSEDiff:
 
     # ---- loading
 
-    def _torch_dtype(self, device: torch.device) -> torch.dtype:
-        if device.type != "cuda" or self.dtype == "fp32":
-            return torch.float32
-        return torch.bfloat16 if self.dtype == "bf16" else torch.float16
-
     def model(self, device: torch.device | str = "cpu") -> OSEDiffModel:
         """The loaded networks for `device` (loaded once per device)."""
         device = torch.device(device)
@@ -589,7 +593,7 @@ class OSEDiff:
             if key not in self._models:
                 ckpt = load_osediff_weights(self._weights_path(download=True))
                 sd = self._sd_folder(download=True)
-                self._models[key] = OSEDiffModel(sd, ckpt, device=device, dtype=self._torch_dtype(device),
+                self._models[key] = OSEDiffModel(sd, ckpt, device=device, dtype=compute_dtype(device, self.dtype),
                                                  merge=self.merge, **self.vae_kw)
             return self._models[key]
 

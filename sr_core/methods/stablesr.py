@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .. import weights as W
 from ..diffusion import stablesr as sd
+from .osediff import DTYPES, compute_dtype  # the same dtype choices for the SD-based methods
 from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
 
 __all__ = ["StableSR", "StableSRModel", "make_model_fn", "sample", "load_official", "load_mini", "save_mini_weights", "MINI_WEIGHTS_FILE",
@@ -52,7 +53,6 @@ DEFAULT_LATENT_TILE = 64  # latent px (512 output px): the script's input_size /
 DEFAULT_LATENT_OVERLAP = 32  # latent px, the script's tile_overlap
 CPU_VAE_TILE = 96  # latent px per VAE decode tile on the CPU (memory); CUDA: 160 (1280 px, as the script)
 MINI_WEIGHTS_FILE = "stablesr.safetensors"
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 # variant -> (checkpoint file, default steps, size in MB); both 512-px models predict eps
 VARIANTS: dict[str, tuple[str, int, int]] = {
@@ -375,11 +375,6 @@ class StableSR:
             return Availability(False, str(e))
         return Availability(True)
 
-    def _torch_dtype(self, device: torch.device) -> torch.dtype:
-        if device.type != "cuda" or self.dtype == "fp32":
-            return torch.float32
-        return torch.bfloat16 if self.dtype == "bf16" else torch.float16
-
     def model(self, device: torch.device | str = "cpu") -> StableSRModel:
         """The loaded networks for `device` (loaded once per device)."""
         device = torch.device(device)
@@ -389,7 +384,7 @@ class StableSR:
                 main, cfw = self._paths(download=True)
                 m = (load_mini(self.bundle) if self.variant == "mini" else
                      load_official(main, cfw, unet_variant=self.unet_variant))
-                self._models[key] = m.to(device=device, dtype=self._torch_dtype(device)).eval().requires_grad_(False)
+                self._models[key] = m.to(device=device, dtype=compute_dtype(device, self.dtype)).eval().requires_grad_(False)
             return self._models[key]
 
     # ---- running

@@ -84,6 +84,7 @@ from torch import nn
 
 from .degradations import DegradationMix
 from .recipes import RECIPES, Recipe
+from .recipes_resshift import _HasConfig, _sub, config_from_state
 
 __all__ = [
     "MINI_SD_MODEL", "SMOKE_SD_SETS", "sd_config", "fixed_context", "VAETrainer", "PriorTrainer", "OSEDiffTrainer",
@@ -193,19 +194,8 @@ def _perceptual(spec: str, weight: float) -> Optional[nn.Module]:
 # the config travels inside the checkpoint
 
 
-class _Configured(nn.Module):
-    def _set_config(self, cfg: dict) -> None:
-        self.config = cfg
-        data = json.dumps(cfg, sort_keys=True).encode()
-        self.register_buffer("bundle_config", torch.tensor(list(data), dtype=torch.uint8))
-
-
-def config_from_state(sd: dict) -> dict:
-    return json.loads(bytes(sd["bundle_config"].to(torch.uint8).tolist()).decode())
-
-
-def _sub(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+# the run's bundle config travels in the checkpoint as a uint8 buffer (shared with the resshift recipes)
+_Configured = _HasConfig
 
 
 def _build_vae(cfg: dict) -> nn.Module:
