@@ -69,20 +69,54 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
                      eval_sets=("Set5",), eval_root=kit["eval"])
     d = Path(res["dir"])
     cfg = json.loads((d / "config.json").read_text())
-    assert cfg["prior"] == "../mini-sd" and set(cfg["eval_x4_w_sweep"]["Set5"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert cfg["prior"] == "../mini-sd" and set(cfg["eval_x4_w_sweep"]["Set5"]) == {"0", "0.25", "0.5", "0.75", "1", "bicubic", "settings"}
     card = (d / "MODEL_CARD.md").read_text()
-    assert "w=0.25" in card and "monotonic" in card and res["sha256"] in card
+    assert "w=0.25" in card and "monotonic" in card and res["sha256"] in card and "bicubic" in card
+    # the sweep is the `sr_core eval` path on the written bundle: w changes only the decode, so the figures
+    # differ across w; bicubic is measured on the same images
+    sw = cfg["eval_x4_w_sweep"]["Set5"]
+    assert sw["bicubic"]["n"] == sw["1"]["n"] == 2 and sw["settings"]["color_fix"] == "adain"  # eval's default
+    assert len({round(sw[k]["psnr_y"], 6) for k in ("0", "0.5", "1")}) == 3
+    assert set(res["checks"]["Set5"]) == {"gain_db", "gain_ok", "monotonic", "above_bicubic"}
+    assert cfg["runs"]["sft"]["steps"] == 3 and cfg["runs"]["cfw"]["steps"] == 3
 
     method = StableSR("mini", bundle_dir=d)
     assert method.availability().ok and method.info.steps.default == 2
     reg = Registry()
     reg.add(method)
     rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     out = api.upscale(img, "stablesr-mini", Settings(scale=4, fidelity=1.0, color_fix="none"), registry=reg)
-    assert out.image.size == (64, 64)
+    assert out.image.size == (128, 128)
     # the served trainable parts are the exported EMA ones
     ema2 = torch.load(run2 / "ckpt" / "last.pt", weights_only=True)["ema"]
     served = method.model("cpu")
     k = next(k for k in ema2 if k.startswith("net.cfw.fusion.") and k.endswith("weight"))
     assert torch.allclose(served.cfw.state_dict()[k[len("net.cfw."):]], ema2[k].float())
+
+
+def test_zero_init_sft_normalises_instead_of_passing_through(tmp_path, one_thread):
+    """sft_init='zero': gamma = beta = 0, so every SFT layer outputs the GroupNorm of the resnet branch (the
+    official SPADE), not the branch itself: the untrained denoiser is not the frozen prior."""
+    from sr_core.nets.sd_configs import tiny_sd_config, write_sd_folder
+    from sr_core.nets.stablesr_unet import SFTLayer
+
+    prior = write_sd_folder(tmp_path / "mini-sd", tiny_sd_config(), text=False, empty_prompt_embeds=True)
+    trainer = apply_overrides(get_recipe("stablesr-mini"), _sets(prior)).build_model()
+    den = trainer.net.denoiser
+    layers = [m for m in den.sft.modules() if isinstance(m, SFTLayer)]
+    assert len(layers) == len(den.sft_paths()) > 0
+    assert all(not m.mlp_gamma.weight.any() and not m.mlp_beta.bias.any() for m in layers)
+    torch.manual_seed(0)
+    h, cond = torch.randn(2, layers[0].mlp_gamma.out_channels, 8, 8) * 3 + 1, torch.randn(2, 64, 8, 8)
+    out = layers[0](h, {"8": cond})
+    assert torch.allclose(out, layers[0].param_free_norm(h), atol=1e-6) and not torch.allclose(out, h, atol=0.1)
+    x, z_lr = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    ctx = trainer.net.context[:1]
+    with torch.no_grad():
+        steered = den(x, 500, ctx, den.encode_struct(z_lr, 500))
+        plain = den.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+    assert (steered - plain).abs().max() > 1e-3
+    # the official init (PyTorch's default conv init) keeps random gamma/beta
+    default = apply_overrides(get_recipe("stablesr-mini"), _sets(prior) + ["sft_init=default"]).build_model()
+    assert any(m.mlp_gamma.weight.any() for m in default.net.denoiser.sft.modules() if isinstance(m, SFTLayer))

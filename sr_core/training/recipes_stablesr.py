@@ -17,10 +17,22 @@ Two stages, as the paper and the official code (IceClear/StableSR) train them:
                         prediction from z_0 noised to a random t in [cfw_t_min, cfw_t_max] -- a latent with
                         the generator's errors at a chosen severity (our choice, stated in the card).
 
+Initialisation of the SFT layers (stage 1, `sft_init='zero'`, the default): mlp_gamma and mlp_beta start at
+zero, so gamma = beta = 0 everywhere.  That does NOT make the untrained model equal to the prior: the
+official SPADE (`ldm/modules/spade.py`, kept unchanged in `sr_core.nets.stablesr_unet.SFTLayer`) returns
+norm(h) * (1 + gamma) + beta with norm = an affine GroupNorm(32) (weight 1, bias 0 at init), so at init
+every SD resnet's residual branch h (conv2's output) is replaced by GroupNorm(h); the frozen UNet's output
+changes even before training, and the trainable GroupNorm affine + gamma/beta have to learn the scale back.
+We keep the official design (the network is unaltered; official training starts from PyTorch's default
+conv init, `sft_init='default'`, which adds random gamma/beta on top).  Zero gamma/beta only removes the
+random modulation, and the encoder's first update comes once gamma/beta have moved off zero.
+
 Both stages run through the method's own modules (`sr_core.methods.stablesr.build_mini` / `sample`),
 and the export (`python -m sr_core.training export runs/stablesr-cfw-mini`) writes the bundle
 `StableSR("mini")` loads: config.json (prior folder, encoder / SFT / fusion configs) + stablesr.safetensors
-(`save_mini_weights`) + a model card with a BSD100 x4 PSNR sweep over w = 0, 0.25, 0.5, 0.75, 1.  The
+(`save_mini_weights`) + a model card with a BSD100 x4 PSNR sweep over w = 0, 0.25, 0.5, 0.75, 1 measured
+by `sr_core.evaluate.evaluate_method` on the exported bundle (the numbers of `python -m sr_core eval
+--method stablesr-mini --fidelity W --hr .../BSD100/HR`) next to bicubic measured the same way.  The
 prior (`prior_from`) must be an exported mini-sd folder for the export (a run folder trains, but the
 bundle points at the folder); `prior_from=''` builds a seeded random prior (smoke tests only).  The code
 is ours.
@@ -43,12 +55,12 @@ from torch import nn
 from .degradations import DegradationMix
 from .recipes import Recipe
 
-__all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP"]
+__all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP", "build_net", "zero_init_sft",
+           "export_stablesr_run", "w_sweep", "sweep_checks"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
 W_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
-BICUBIC_BSD100_X4 = 25.96
 
 _DEFAULTS: dict[str, Any] = {
     # time-aware encoder (official EncoderUNetModelWT at a small width; channels multiples of 32, one level
@@ -146,12 +158,16 @@ class StableSRTrainer(nn.Module):
 
 
 def build_net(prior_from: str, cfg: dict):
-    """A StableSRModel on the prior `prior_from` (a mini-sd folder or run; '' = a seeded random prior)."""
-    from ..methods.stablesr import StableSRModel
+    """A StableSRModel on the prior `prior_from`: an exported mini-sd folder goes through the method's own
+    `build_mini` (the networks `StableSR("mini")` serves); a mini-sd run folder or '' (a seeded random
+    prior, smoke runs only) through `recipes_sd.load_prior` with the same modules."""
+    from ..methods.stablesr import StableSRModel, build_mini
     from ..nets.stablesr_unet import StableSRUNet
     from ..nets.stablesr_vae import CFWAutoencoder
     from .recipes_sd import load_prior
 
+    if prior_from and (_resolve(prior_from) / "unet" / "config.json").is_file():
+        return build_mini(_resolve(prior_from), cfg).float()
     prior = load_prior(prior_from, cfg.get("prior_model") or None)
     denoiser = StableSRUNet(dict(prior["unet"].config), dict(cfg["encoder"]), int(cfg["semb_channels"]))
     denoiser.unet.load_state_dict(prior["unet"].state_dict(), strict=True)
@@ -159,6 +175,21 @@ def build_net(prior_from: str, cfg: dict):
     cfw.vae.load_state_dict(prior["vae"].state_dict(), strict=True)
     return StableSRModel(denoiser, cfw, prior["context"].float(), scale_factor=float(prior["scaling_factor"]),
                          parameterization=str(cfg.get("parameterization", "eps")))
+
+
+def zero_init_sft(denoiser: nn.Module) -> int:
+    """Zero mlp_gamma and mlp_beta (weights and biases) of every SFT layer of `denoiser`; returns how many
+    layers.  Each layer then outputs its GroupNorm of h (not h itself: see the module docstring)."""
+    from ..nets.stablesr_unet import SFTLayer
+
+    n = 0
+    for mod in denoiser.sft.modules():
+        if isinstance(mod, SFTLayer):
+            for conv in (mod.mlp_gamma, mod.mlp_beta):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            n += 1
+    return n
 
 
 def _load_stage1(trainer: StableSRTrainer, stage1_from: str) -> None:
@@ -186,9 +217,11 @@ class StableSRMiniRecipe(Recipe):
     prior_from: str = "assets/weights/mini-sd"  # an exported mini-sd folder ('' = random, smoke only)
     stage1_from: str = ""  # stage 'cfw': the stage-1 run folder whose encoder + SFT it builds on
     lambda_lpips: float = 0.1
-    lpips_weights: str = "auto"  # 'auto' (SR_LPIPS_WEIGHTS or the stlpips wheel; none: L1 only), 'seeded', path
+    lpips_weights: str = "auto"  # 'auto' (SR_LPIPS_WEIGHTS or the stlpips wheel; raises when absent: then set
+    #                               lambda_lpips=0 for L1 only), 'seeded' (tests), or a file path
     cfw_t_min: int = 200
     cfw_t_max: int = 999
+    sft_init: str = "zero"  # 'zero': mlp_gamma/mlp_beta start at 0; 'default': PyTorch's conv init (official)
 
     def _cfg(self) -> dict:
         cfg = json.loads(json.dumps(_DEFAULTS))
@@ -197,7 +230,11 @@ class StableSRMiniRecipe(Recipe):
 
     def build_model(self) -> nn.Module:
         cfg = self._cfg()
+        if self.sft_init not in ("zero", "default"):
+            raise ValueError(f"sft_init must be 'zero' or 'default', not {self.sft_init!r}")
         net = build_net(self.prior_from, cfg)
+        if self.sft_init == "zero":  # stage 2 then overwrites the SFT layers with stage 1's
+            zero_init_sft(net.denoiser)
         lp = None
         if self.stage == "cfw" and self.lambda_lpips:
             from .recipes_sd import _perceptual
@@ -240,11 +277,58 @@ class StableSRMiniRecipe(Recipe):
                                    eval_sets=tuple(eval_sets), eval_root=Path(eval_root), notes=notes)
 
 
+def _run_info(run_dir: Path, ck: Optional[dict] = None) -> dict:
+    """steps / wall time / device of a run folder (train_info.json, else its checkpoint)."""
+    p = Path(run_dir) / "train_info.json"
+    info = json.loads(p.read_text()) if p.is_file() else {}
+    if ck is None and (Path(run_dir) / "ckpt" / "last.pt").is_file():
+        ck = torch.load(Path(run_dir) / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    if ck is not None and int(info.get("steps", -1)) != int(ck["step"]):  # the checkpoint is newer
+        info = dict(info, steps=int(ck["step"]), wall_seconds=float(ck.get("elapsed", 0.0)))
+    return {"steps": info.get("steps"), "wall_seconds": float(info.get("wall_seconds", 0.0)),
+            "device": info.get("device", "unknown"), "mixed_precision": info.get("mixed_precision", "?")}
+
+
+def w_sweep(bundle_dir, hr_dir, *, limit: Optional[int] = None, method_id: str = "stablesr-mini",
+            settings=None, ws=W_SWEEP) -> dict:
+    """x4 figures of the bundle `bundle_dir` served as `StableSR("mini")` at each w in `ws`, plus bicubic,
+    through `sr_core.evaluate.evaluate_method` -- the path of `python -m sr_core eval --method <id>
+    --fidelity w` (default settings: the method's steps and colour fix, seed 0).  Returns
+    {'bicubic': figures, '0': figures, '0.25': ..., 'settings': the settings used at w = ws[-1]}."""
+    from ..evaluate import evaluate_method
+    from ..methods.baselines import Bicubic
+    from ..methods.stablesr import StableSR
+    from ..registry import Registry
+    from ..types import Settings
+
+    reg = Registry()
+    reg.add(StableSR("mini", bundle_dir=bundle_dir, method_id=method_id))
+    reg.add(Bicubic())
+    base = settings or Settings()
+    keep = lambda r: {k: v for k, v in r.items() if k not in ("images", "settings")}  # noqa: E731
+    out = {"bicubic": keep(evaluate_method("bicubic", hr_dir, scale=4, limit=limit, registry=reg))}
+    for w in ws:
+        res = evaluate_method(method_id, hr_dir, scale=4, limit=limit, settings=base.replace(fidelity=float(w)),
+                              registry=reg)
+        out[f"{w:g}"] = keep(res)
+        out["settings"] = {k: v for k, v in res["settings"].items() if k not in ("fidelity", "prompt")}
+    return out
+
+
+def sweep_checks(by_w: dict, ws=W_SWEEP) -> dict:
+    """The issue's three conditions on one set's sweep: PSNR(w=1) - PSNR(w=0) >= 0.5 dB, PSNR rising
+    monotonically over `ws`, PSNR(w=1) above bicubic."""
+    ps = [by_w[f"{w:g}"]["psnr_y"] for w in ws]
+    gain = ps[-1] - ps[0]
+    return {"gain_db": gain, "gain_ok": gain >= 0.5, "monotonic": all(b > a for a, b in zip(ps, ps[1:])),
+            "above_bicubic": ps[-1] > by_w["bicubic"]["psnr_y"]}
+
+
 def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, assets_dir=None, dtype="fp16",
                         which="ema", evaluate=True, eval_limit=None, eval_sets=("BSD100",), eval_root=EVAL_ROOT,
                         notes: str = "") -> dict:
-    """Write `<assets>/<id>/` = config.json + stablesr.safetensors + MODEL_CARD.md + SHA256SUMS."""
-    from ..evaluate import evaluate_fn
+    """Write `<assets>/<id>/` = config.json + stablesr.safetensors + MODEL_CARD.md + SHA256SUMS, then measure
+    the w-sweep of the written bundle (`w_sweep`) on each of `eval_sets` found under `eval_root`."""
     from ..methods.stablesr import MINI_WEIGHTS_FILE, save_mini_weights
     from ..weights import sha256_file
     from .export import recipe_from_dict
@@ -265,47 +349,59 @@ def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, a
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     dest.mkdir(parents=True, exist_ok=True)
     cfg = recipe._cfg()
+    runs = {recipe.stage: _run_info(run_dir, ck)}
+    if recipe.stage == "cfw" and recipe.stage1_from and (_resolve(recipe.stage1_from) / "ckpt").is_dir():
+        runs["sft"] = _run_info(_resolve(recipe.stage1_from))
     bundle_cfg = {"id": model_id, "prior": os.path.relpath(prior, dest), "encoder": cfg["encoder"],
                   "semb_channels": cfg["semb_channels"], "fusion": cfg["fusion"],
                   "parameterization": cfg["parameterization"], "default_steps": cfg["default_steps"],
-                  "timesteps": 1000, "stage": recipe.stage, "recipe": recipe.to_dict(), "steps": int(ck["step"])}
+                  "timesteps": 1000, "stage": recipe.stage, "recipe": recipe.to_dict(), "steps": int(ck["step"]),
+                  "runs": runs}
     torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
     wpath = save_mini_weights(dest / MINI_WEIGHTS_FILE, model.net, bundle_cfg, dtype=torch_dtype)
+    (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
 
     sweep: dict = {}
-    if evaluate:
-        from ..methods.stablesr import load_mini
-
-        (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
-        served = load_mini(dest)  # evaluate the files as the method will read them
-        probe = StableSRTrainer(served, bundle_cfg, "cfw")
+    if evaluate:  # the files as the method reads them, through the facade
         for name in eval_sets:
-            hr = eval_root / name / "HR"
-            if not hr.is_dir():
-                continue
-            for w in W_SWEEP:
-                res = evaluate_fn(lambda x, w=w: recipe.infer(probe, x, w=w), hr, scale=recipe.scale,
-                                  limit=eval_limit or None, method=f"{model_id}@w={w:g}")
-                sweep.setdefault(name, {})[f"{w:g}"] = {k: v for k, v in res.items() if k != "images"}
+            hr = Path(eval_root) / name / "HR"
+            if hr.is_dir():
+                sweep[name] = w_sweep(dest, hr, limit=eval_limit or None, method_id=model_id)
     bundle_cfg["eval_x4_w_sweep"] = sweep
     (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
     digest = sha256_file(wpath)
     (dest / "SHA256SUMS").write_text(f"{digest}  {MINI_WEIGHTS_FILE}\n")
-    (dest / "MODEL_CARD.md").write_text(_card(model_id, recipe, ck, bundle_cfg, sweep, digest,
+    (dest / "MODEL_CARD.md").write_text(_card(model_id, recipe, runs, bundle_cfg, sweep, digest,
                                               wpath.stat().st_size / 1e6, eval_limit, notes))
-    return {"dir": str(dest), "sha256": digest, "w_sweep": sweep, "steps": int(ck["step"])}
+    return {"dir": str(dest), "sha256": digest, "w_sweep": sweep, "steps": int(ck["step"]),
+            "checks": {name: sweep_checks(by_w) for name, by_w in sweep.items()}}
 
 
-def _card(model_id, recipe, ck, cfg, sweep, digest, size_mb, eval_limit, notes) -> str:
-    rows = []
+def _card(model_id, recipe, runs, cfg, sweep, digest, size_mb, eval_limit, notes) -> str:
+    rows, checks = [], []
     for name, by_w in sweep.items():
         ps = [by_w[f"{w:g}"]["psnr_y"] for w in W_SWEEP]
-        mono = all(b >= a for a, b in zip(ps, ps[1:]))
-        rows.append(f"| {name} | " + " | ".join(f"{p:.2f}" for p in ps) +
-                    f" | {ps[-1] - ps[0]:+.2f} | {'yes' if mono else 'no'} |")
-    table = ("| set | " + " | ".join(f"w={w:g}" for w in W_SWEEP) + " | w=1 - w=0 | monotonic |\n|---|" +
+        c = sweep_checks(by_w)
+        rows.append(f"| {name} (n={by_w['bicubic']['n']}) | {by_w['bicubic']['psnr_y']:.2f} | " +
+                    " | ".join(f"{p:.2f}" for p in ps) + f" | {c['gain_db']:+.2f} | {'yes' if c['monotonic'] else 'no'} |")
+        ss = [by_w[f"{w:g}"]["ssim_y"] for w in W_SWEEP]
+        rows.append(f"| {name} SSIM-Y | {by_w['bicubic']['ssim_y']:.4f} | " + " | ".join(f"{v:.4f}" for v in ss) +
+                    " | | |")
+        checks.append(f"- {name}: w=1 - w=0 = {c['gain_db']:+.2f} dB (target >= 0.5: "
+                      f"{'met' if c['gain_ok'] else 'NOT met'}); monotonic over w: "
+                      f"{'yes' if c['monotonic'] else 'NO'}; w=1 above bicubic: "
+                      f"{'yes' if c['above_bicubic'] else 'NO'}.")
+    settings = next(iter(sweep.values()))["settings"] if sweep else {}
+    table = ("| set | bicubic | " + " | ".join(f"w={w:g}" for w in W_SWEEP) + " | w=1 - w=0 | monotonic |\n|---|---|" +
              "---|" * (len(W_SWEEP) + 2) + "\n" + "\n".join(rows)) if rows else "(not evaluated)"
-    elapsed = float(ck.get("elapsed", 0.0))
+
+    def run_line(stage: str) -> str:
+        r = runs.get(stage)
+        if not r:
+            return f"- stage `{stage}`: no run information (its run folder was not found at export)."
+        return (f"- stage `{stage}`: {r['steps']} steps, {r['wall_seconds'] / 60:.1f} min on {r['device']} "
+                f"(mixed precision {r['mixed_precision']}).")
+
     return f"""# {model_id}
 
 {recipe.description}
@@ -318,16 +414,30 @@ def _card(model_id, recipe, ck, cfg, sweep, digest, size_mb, eval_limit, notes) 
   `{json.dumps(cfg['fusion'])}`, {cfg['default_steps']} sampling steps by default.
 
 ## Training
-- Recipe `{recipe.name}` (`sr_core/training/recipes_stablesr.py`), stage `{recipe.stage}`: {recipe.card({})['objective']};
-  lr {recipe.lr:g}, batch {recipe.batch_size}, LR patch {recipe.patch_lr} px; stage-1 run `{recipe.stage1_from or '-'}`.
-- Steps {int(ck['step'])}, wall time {elapsed / 60:.1f} min (this stage), device: see the run's train_info.json.
+- Recipes `stablesr-mini` (stage 1) and `stablesr-cfw-mini` (stage 2), `sr_core/training/recipes_stablesr.py`.
+  This export is of stage `{recipe.stage}`: {recipe.card({})['objective']}; lr {recipe.lr:g}, batch
+  {recipe.batch_size}, LR patch {recipe.patch_lr} px, lambda_lpips {recipe.lambda_lpips:g}; stage-1 run
+  `{recipe.stage1_from or '-'}`.
+- Stage 1 SFT init: `{recipe.sft_init}` (zero gamma/beta still normalise each SD resnet's residual branch: the
+  untrained model is not the prior; the official SPADE design, kept).
+- Stage 2 latents: the stage-1 model's one-shot x0 prediction from the HR latent noised to t in
+  [{recipe.cfw_t_min}, {recipe.cfw_t_max}] -- a cheap stand-in for the official latents sampled from each LR
+  (scripts/generate_vqgan_data.py); decoded at w = 1 against HR.
+{run_line('sft')}
+{run_line('cfw')}
 - Data: the training pack (crops of ../shared/data/train), bicubic x4 degradation. No eval/ image was used.
 
-{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}## Fidelity-realism weight w (x4 Y-PSNR dB, `sr_core eval` protocol, seed 0{', first ' + str(eval_limit) + ' images' if eval_limit else ''})
+{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}## Fidelity-realism weight w (x4 PSNR-Y dB)
+
+Measured on the exported files through `sr_core.evaluate.evaluate_method` (what `python -m sr_core eval
+--method {model_id} --fidelity W` prints; settings {json.dumps(settings)}){', first ' + str(eval_limit) + ' images per set' if eval_limit else ''}.
+Bicubic = MATLAB-style bicubic, the same protocol.
 
 {table}
 
-Bicubic on BSD100 x4: {BICUBIC_BSD100_X4:.2f} dB. Exported {time.strftime('%Y-%m-%d')}.
+{chr(10).join(checks) if checks else ''}
+
+Exported {time.strftime('%Y-%m-%d')}.
 """
 
 
