@@ -99,7 +99,11 @@ def candidates(spec: WeightSpec, explicit: Optional[PathLike] = None) -> list[tu
 
 
 def locate(spec: WeightSpec, explicit: Optional[PathLike] = None) -> Optional[Path]:
-    """The first existing local file for `spec`, or None.  Does not touch the network."""
+    """The first existing local file for `spec`, or None.  Does not touch the network.  An explicit
+    path is the only candidate (as in `resolve`: no silent fallback to another copy)."""
+    if explicit:
+        p = candidates(spec, explicit)[0][1]
+        return p if p.is_file() else None
     for _label, p in candidates(spec, explicit):
         if p.is_file():
             return p
