@@ -157,12 +157,21 @@ def test_three_stages_export_and_osediff_mini(kit, tmp_path, monkeypatch):
     assert any(k.startswith("gen_unet.") for k in moved) and any(k.startswith("gen_vae.") for k in moved)
     assert any(k.startswith("fake_unet.") for k in moved)  # the fake score trained too
 
+    # alone (no mini-sd beside it) the folder carries the prior; beside the identical exported mini-sd it
+    # names it instead of copying it, and both serve the same images
+    alone = Path(export_run(ose_run, assets_dir=tmp_path / "alone", evaluate=False)["dir"])
+    for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json", EMPTY_EMBEDS_FILE,
+              "osediff.safetensors", "MODEL_CARD.md", "SHA256SUMS"):
+        assert (alone / f).is_file(), f
+    assert "prior_folder" not in json.loads((alone / "config.json").read_text())
     res = export_run(ose_run, assets_dir=assets, eval_root=kit["eval"], eval_sets=("Set5",))
     od = Path(res["dir"])
     assert od.name == "osediff-mini" and res["figures"]["Set5"]["n"] == 2
-    for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json", EMPTY_EMBEDS_FILE,
-              "osediff.safetensors", "MODEL_CARD.md", "SHA256SUMS"):
-        assert (od / f).is_file(), f
+    assert json.loads((od / "config.json").read_text())["prior_folder"] == "../mini-sd"
+    assert not (od / "unet").exists() and not (od / EMPTY_EMBEDS_FILE).exists()
+    assert (od / "SHA256SUMS").read_text().split() [1:] == ["osediff.safetensors"]
+    assert "not copied" in (od / "MODEL_CARD.md").read_text()
+    assert load_prior(str(od))["scaling_factor"] == pytest.approx(sf)  # the folder resolves to its prior
     w = load_osediff_weights(od / "osediff.safetensors")
     assert w["rank_unet"] == 4 and any("conv_in" in k for k in w["state_dict_unet"])
     card = (od / "MODEL_CARD.md").read_text()
@@ -178,6 +187,16 @@ def test_three_stages_export_and_osediff_mini(kit, tmp_path, monkeypatch):
     with torch.no_grad():
         ref = ose.infer(model.eval(), lr)
     assert (out - ref).abs().max() < 2e-2  # UNet base stored in fp16
+    out_alone = api.run_method(OSEDiff("mini", bundle_dir=alone), lr,
+                               api.check_settings(method.info, Settings(color_fix="none")))
+    assert torch.equal(out, out_alone)
+    # a prior that differs from the exported mini-sd is copied, never referenced
+    from sr_core.training.recipes_sd import prior_matches
+    prior = load_prior(str(d))
+    assert prior_matches(d, prior["unet"], prior["vae"], prior["context"], prior["scaling_factor"])
+    with torch.no_grad():
+        next(prior["unet"].parameters()).add_(1e-2)
+    assert not prior_matches(d, prior["unet"], prior["vae"], prior["context"], prior["scaling_factor"])
 
     monkeypatch.setattr(weights, "ASSETS_WEIGHTS", assets)
     ids = registry._build_default().ids()

@@ -38,7 +38,7 @@ from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec,
 
 __all__ = ["OSEDiff", "OSEDiffModel", "official_lora_targets", "attach_lora", "load_osediff_weights",
            "save_osediff_weights", "merge_lora_", "lora_state_dicts", "pil_bicubic", "SD_SUBFOLDERS", "DTYPES",
-           "compute_dtype"]
+           "compute_dtype", "mini_prior_folder"]
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -474,6 +474,24 @@ def _check_sd_folder(p: Path) -> Optional[str]:
     return None
 
 
+def mini_prior_folder(folder: Path) -> Path:
+    """The diffusers folder a mini runs on: the mini's own folder when it holds unet/, else the folder its
+    config.json names under "prior_folder" (relative to the mini; an exported osediff-mini ships only its
+    LoRA file next to the `mini-sd` prior it was trained on, as stablesr-mini does)."""
+    folder = Path(folder)
+    cfg = folder / "config.json"
+    if (folder / "unet").is_dir() or not cfg.is_file():
+        return folder
+    try:
+        ref = json.loads(cfg.read_text()).get("prior_folder")
+    except (OSError, ValueError):
+        ref = None
+    if not ref:
+        return folder
+    p = Path(str(ref))
+    return p if p.is_absolute() else (folder / p).resolve()
+
+
 class OSEDiff:
     """SRMethod for OSEDiff: `OSEDiff("official")` (SD-2.1-base + osediff.pkl) or `OSEDiff("mini")`.
 
@@ -481,7 +499,8 @@ class OSEDiff:
     or the original id, from the cache or downloaded).  `weights`: the checkpoint (official pkl or our
     .safetensors; otherwise $OSEDIFF_WEIGHTS, $SR_WEIGHTS_DIR, the cache, or the GitHub download).  A mini
     is one folder holding unet/, vae/, scheduler/, optional text_encoder/ + tokenizer/ or
-    empty_prompt_embeds.safetensors, and osediff.safetensors (or osediff.pkl).  `dtype` "auto" is fp16
+    empty_prompt_embeds.safetensors, and osediff.safetensors (or osediff.pkl); or just the latter and a
+    config.json whose "prior_folder" names the folder with the rest (`mini_prior_folder`).  `dtype` "auto" is fp16
     on CUDA and fp32 on CPU ("bf16"/"fp16" only on CUDA).  `merge=True` folds the LoRA into the base
     weights at load time (faster, same output within float error).  Settings.tile and
     tile_overlap are in LR pixels like every method's; the UNet tiles the latent at half that (1 latent
@@ -506,7 +525,7 @@ class OSEDiff:
         if variant == "mini":
             mid = method_id or "osediff-mini"
             folder = Path(bundle_dir) if bundle_dir is not None else W.ASSETS_WEIGHTS / mid
-            self.sd_explicit: Optional[Path] = Path(sd_path) if sd_path else folder
+            self.sd_explicit: Optional[Path] = Path(sd_path) if sd_path else mini_prior_folder(folder)
             self.spec = WeightSpec(key="osediff", filename=f"{mid}_osediff.safetensors",
                                    bundled=f"{mid}/osediff.safetensors",
                                    licence="weights trained by this project (see the model card)")

@@ -72,6 +72,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ from .recipes_resshift import _HasConfig, _sub, config_from_state
 __all__ = [
     "MINI_SD_MODEL", "SMOKE_SD_SETS", "sd_config", "fixed_context", "VAETrainer", "PriorTrainer", "OSEDiffTrainer",
     "SDVAERecipe", "SDPriorRecipe", "OSEDiffRecipe", "SD_RECIPES", "register", "load_vae_source", "load_prior",
-    "write_prior_folder", "vae_recon_psnr", "ldm_heldout_loss", "export_sd_run", "config_from_state",
+    "write_prior_folder", "prior_matches", "vae_recon_psnr", "ldm_heldout_loss", "export_sd_run", "config_from_state",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -316,6 +317,10 @@ def load_vae_source(vae_from: str, model_config: Optional[dict] = None) -> tuple
         return _build_vae(cfg).requires_grad_(False).eval(), cfg["vae"]
     p = _resolve(vae_from)
     sd = _load_run(p)
+    if sd is None:
+        from ..methods.osediff import mini_prior_folder
+
+        p = mini_prior_folder(p)  # an osediff-mini folder that names its prior
     if sd is not None:
         vcfg = config_from_state(sd)["sd"]["vae"]
         vae = _build_vae({"vae": vcfg})
@@ -344,6 +349,10 @@ def load_prior(prior_from: str, model_config: Optional[dict] = None) -> dict:
         return {"unet": unet, "vae": vae, "context": ctx, "scaling_factor": 1.0, "sd": cfg, "source": ""}
     p = _resolve(prior_from)
     sd = _load_run(p)
+    if sd is None:
+        from ..methods.osediff import mini_prior_folder
+
+        p = mini_prior_folder(p)  # an osediff-mini folder that names its prior
     if sd is not None:
         cfg = config_from_state(sd)
         if "context" not in sd:
@@ -720,6 +729,34 @@ def write_prior_folder(dest: Path, sd_cfg: dict, unet: nn.Module, vae: nn.Module
             "scheduler/scheduler_config.json", EMPTY_EMBEDS_FILE]
 
 
+def prior_matches(folder: Path, unet: nn.Module, vae: nn.Module, context: torch.Tensor, scaling_factor: float,
+                  unet_dtype: str = "fp16") -> bool:
+    """Whether `folder` is an exported mini-sd holding exactly this prior: the UNet as `write_prior_folder`
+    stores it (`unet_dtype`), the VAE (fp32), the context and the scaling factor -- so a mini trained on
+    it can name the folder instead of carrying a copy."""
+    from safetensors.torch import load_file
+
+    from ..methods.osediff import EMPTY_EMBEDS_FILE
+
+    dt = {"fp16": torch.float16, "fp32": torch.float32}[unet_dtype]
+    try:
+        stored_u = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+        stored_v = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+        stored_c = load_file(str(folder / EMPTY_EMBEDS_FILE))["prompt_embeds"]
+        stored_sf = float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+    def same(stored: dict, module: nn.Module, dtype: Optional[torch.dtype]) -> bool:
+        ours = module.state_dict()
+        return set(stored) == set(ours) and all(
+            torch.equal(stored[k], ours[k].detach().cpu().to(dtype or stored[k].dtype)) for k in ours)
+
+    ctx = context.detach().float().cpu().reshape(stored_c.shape) if context.numel() == stored_c.numel() else None
+    return (ctx is not None and torch.equal(ctx, stored_c.float()) and abs(stored_sf - float(scaling_factor)) < 1e-9
+            and same(stored_u, unet, dt) and same(stored_v, vae, torch.float32))
+
+
 def _center_crops(hr_dir: Path, crop: int, limit: Optional[int]) -> list[torch.Tensor]:
     import numpy as np
 
@@ -826,7 +863,7 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     folder `OSEDiff("mini")` loads).  Figures: for the prior, VAE reconstruction PSNR and the held-out
     LDM loss on BSD100 HR centre crops; for osediff-mini, `sr_core eval` on Set5/Set14/BSD100 through
     the method on the written folder."""
-    from ..methods.osediff import save_osediff_weights
+    from ..methods.osediff import EMPTY_EMBEDS_FILE, save_osediff_weights
     from ..weights import load_into, sha256_file
     from .export import recipe_from_dict
 
@@ -880,9 +917,18 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
         load_into(base_vae, {k.replace(".base_layer.", "."): v for k, v in _sub(sd, "gen_vae.").items()
                              if "lora_" not in k})
         sf, ctx = float(cfg["scaling_factor"]), sd["context"]
-        files = write_prior_folder(dest, scfg, real, base_vae, ctx, sf, unet_dtype=dtype)
+        shared = dest.parent / "mini-sd"  # the exported prior beside it: referenced, not copied, when identical
+        if model_id != "mini-sd" and prior_matches(shared, real, base_vae, ctx, sf, unet_dtype=dtype):
+            for sub in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):  # a previous full export
+                shutil.rmtree(dest / sub, ignore_errors=True)
+            (dest / EMPTY_EMBEDS_FILE).unlink(missing_ok=True)
+            files, prior_folder = [], "../mini-sd"
+        else:
+            files, prior_folder = write_prior_folder(dest, scfg, real, base_vae, ctx, sf, unet_dtype=dtype), None
         save_osediff_weights(dest / "osediff.safetensors", gen_unet, gen_vae, meta)
         files.append("osediff.safetensors")
+        # what the method reads to find its prior (completed with the figures below)
+        (dest / "config.json").write_text(json.dumps({"prior_folder": prior_folder} if prior_folder else {}) + "\n")
         if evaluate:
             figures.update(_eval_osediff(dest, model_id, eval_sets, eval_root, eval_limit, dev))
         lora = {"unet_lora_conv_in": sum(v.numel() for k, v in _sub(sd, "gen_unet.").items()
@@ -894,11 +940,14 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
         prior_info = {"unet_params": _params(real), "vae_params": _params(base_vae), "scaling_factor": sf,
                       "prior_from": cfg.get("prior_from")}
         vae_info = {}
+    if isinstance(recipe, SDPriorRecipe):
+        prior_folder = None
 
     sums = {f: sha256_file(dest / f) for f in files}
     size_mb = sum((dest / f).stat().st_size for f in files) / 1e6
     meta_out = {"id": model_id, "recipe": recipe.to_dict(), "steps": info.get("steps"), "unet_dtype": dtype,
                 "which": which, "figures": figures, "prior": prior_info, "lora": lora, "size_mb": round(size_mb, 2),
+                **({"prior_folder": prior_folder} if prior_folder else {}),
                 "sha256": sums, "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
     (dest / "config.json").write_text(json.dumps(meta_out, indent=2) + "\n")
     (dest / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -942,6 +991,9 @@ def _card(model_id: str, recipe: Recipe, info: dict, cfg: dict, meta: dict, vae_
             f"{cfg['sd']['scheduler']['beta_end']}, T = {cfg['sd']['scheduler']['num_train_timesteps']}, epsilon "
             f"prediction.")
     limit_note = f", first {eval_limit} images" if eval_limit else ""
+    prior_ref = (f"; the prior (unet/, vae/, scheduler/, context) is not copied: it is the exported folder "
+                 f"`{meta['prior_folder']}` (checked identical at export; `config.json` names it)"
+                 if meta.get("prior_folder") else "")
     if isinstance(recipe, SDPriorRecipe):
         r, l = figs.get("vae_recon_bsd100"), figs.get("ldm_loss_bsd100")
         vae_recipe = SD_RECIPES["mini-sd-vae"]
@@ -994,7 +1046,7 @@ PSNR gain over bicubic: {gain}.
 
 - **Method**: {method}.
 {arch}
-- **Files**: {files}; {meta['size_mb']:.2f} MB in all.
+- **Files**: {files}; {meta['size_mb']:.2f} MB in all{prior_ref}.
 - **Licence**: code MIT; weights trained by this project for research use (the training images are research-only).
   The perceptual term used the shift-tolerant LPIPS AlexNet weights of `stlpips-pytorch` (BSD-2-Clause).
 
