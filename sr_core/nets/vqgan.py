@@ -25,8 +25,11 @@ from torch import nn
 __all__ = ["VQModel", "Encoder", "Decoder", "VectorQuantizer"]
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """Upstream's `Normalize`: GroupNorm with 32 groups.  `groups` is our knob for narrow minis (the
+    parameters are the same): at 32 channels, 32 groups are an instance norm, which discards each
+    channel's mean and scale over the image and made a 32-channel autoencoder depend on the image size."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
@@ -37,13 +40,13 @@ class ResnetBlock(nn.Module):
     """norm-swish-conv3x3 twice, plus a 1x1 (`nin_shortcut`) or 3x3 (`conv_shortcut`) skip on a width change."""
 
     def __init__(self, in_channels: int, out_channels: Optional[int] = None, conv_shortcut: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, norm_groups: int = 32):
         super().__init__()
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = _norm(in_channels)
+        self.norm1 = _norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = _norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.use_conv_shortcut = conv_shortcut
@@ -64,9 +67,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions, 1x1-conv q/k/v/proj_out, residual."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -125,23 +128,23 @@ class _Level(nn.Module):
         return h
 
 
-def _make_attn(channels: int, attn_type: str) -> nn.Module:
+def _make_attn(channels: int, attn_type: str, norm_groups: int = 32) -> nn.Module:
     """Upstream `make_attn`: "vanilla" (also its xformers twin) is `AttnBlock`, "none" an identity
     (no parameters).  The other upstream types ("linear", "memory-efficient-cross-attn") are not
     used by any ResShift/SinSR config and are refused rather than silently replaced."""
     if attn_type in ("vanilla", "vanilla-xformers"):
-        return AttnBlock(channels)
+        return AttnBlock(channels, norm_groups)
     if attn_type == "none":
         return nn.Identity()
     raise ValueError(f"attn_type {attn_type!r} is not supported (vanilla, none)")
 
 
 class _Mid(nn.Module):
-    def __init__(self, ch: int, dropout: float, attn_type: str = "vanilla"):
+    def __init__(self, ch: int, dropout: float, attn_type: str = "vanilla", norm_groups: int = 32):
         super().__init__()
-        self.block_1 = ResnetBlock(ch, ch, dropout=dropout)
-        self.attn_1 = _make_attn(ch, attn_type)
-        self.block_2 = ResnetBlock(ch, ch, dropout=dropout)
+        self.block_1 = ResnetBlock(ch, ch, dropout=dropout, norm_groups=norm_groups)
+        self.attn_1 = _make_attn(ch, attn_type, norm_groups)
+        self.block_2 = ResnetBlock(ch, ch, dropout=dropout, norm_groups=norm_groups)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -161,7 +164,8 @@ class Encoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8),
                  num_res_blocks: Union[int, Sequence[int]], attn_resolutions: Sequence[int] = (),
                  dropout: float = 0.0, resamp_with_conv: bool = True, in_channels: int, resolution: int,
-                 z_channels: int, double_z: bool = True, attn_type: str = "vanilla", **_ignored):
+                 z_channels: int, double_z: bool = True, attn_type: str = "vanilla", norm_groups: int = 32,
+                 **_ignored):
         super().__init__()
         nrb = _per_level(num_res_blocks, len(ch_mult))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
@@ -173,16 +177,16 @@ class Encoder(nn.Module):
             level = _Level()
             block_in, block_out = ch * in_mult[i], ch * mult
             for _ in range(nrb[i]):
-                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout, norm_groups=norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    level.attn.append(_make_attn(block_in, attn_type))
+                    level.attn.append(_make_attn(block_in, attn_type, norm_groups))
             if i != len(ch_mult) - 1:
                 level.downsample = Downsample(block_in, resamp_with_conv)
                 res //= 2
             self.down.append(level)
-        self.mid = _Mid(block_in, dropout, attn_type)
-        self.norm_out = _norm(block_in)
+        self.mid = _Mid(block_in, dropout, attn_type, norm_groups)
+        self.norm_out = _norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +207,7 @@ class Decoder(nn.Module):
                  num_res_blocks: Union[int, Sequence[int]], attn_resolutions: Sequence[int] = (),
                  dropout: float = 0.0, resamp_with_conv: bool = True, in_channels: int, resolution: int,
                  z_channels: int, give_pre_end: bool = False, tanh_out: bool = False,
-                 attn_type: str = "vanilla", **_ignored):
+                 attn_type: str = "vanilla", norm_groups: int = 32, **_ignored):
         super().__init__()
         nrb = _per_level(num_res_blocks, len(ch_mult))
         self.give_pre_end, self.tanh_out = give_pre_end, tanh_out
@@ -211,22 +215,22 @@ class Decoder(nn.Module):
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
-        self.mid = _Mid(block_in, dropout, attn_type)
+        self.mid = _Mid(block_in, dropout, attn_type, norm_groups)
         levels: list[_Level] = []
         for i in reversed(range(n)):
             level = _Level()
             block_out = ch * ch_mult[i]
             for _ in range(nrb[i] + 1):
-                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout))
+                level.block.append(ResnetBlock(block_in, block_out, dropout=dropout, norm_groups=norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    level.attn.append(_make_attn(block_in, attn_type))
+                    level.attn.append(_make_attn(block_in, attn_type, norm_groups))
             if i != 0:
                 level.upsample = Upsample(block_in, resamp_with_conv)
                 res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)  # index = resolution level, 0 = full size
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
