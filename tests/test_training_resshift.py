@@ -167,12 +167,13 @@ def test_three_stages_export_and_serve(tiny, tmp_path):
     ctx = RunContext(settings=Settings(scale=4), device=torch.device("cpu"), generator=torch.Generator())
     for name, cls in (("resshift-mini", ResShift), ("sinsr-mini", SinSR)):
         res = RR.export_resshift_run(runs[name], model_id=name, assets_dir=tmp_path / "weights",
-                                     eval_sets=("Set5",), eval_root=tiny["eval"])
+                                     eval_sets=("Set5",), eval_root=tiny["eval"], notes="trained in a test")
         d = Path(res["dir"])
         for f in ("config.json", "model.safetensors", "autoencoder.safetensors", "MODEL_CARD.md", "SHA256SUMS"):
             assert (d / f).exists(), f
         card = (d / "MODEL_CARD.md").read_text()
-        assert "Set5" in card and "bicubic" in card and "SetA" in card
+        assert "Set5" in card and "bicubic" in card and "SetA" in card and "## Notes\ntrained in a test" in card
+        assert "GroupNorm groups 8" in card
         assert res["eval_x4"]["Set5"]["n"] == 1
         method = cls("mini", bundle_dir=d)
         assert method.availability().ok and method.info.id == name

@@ -557,8 +557,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _export_kw(kw: dict) -> dict:
     """The kit's export arguments that `export_resshift_run` understands (dtype -> the UNet's)."""
-    out = {k: kw[k] for k in ("model_id", "assets_dir", "evaluate", "eval_limit", "eval_sets", "eval_root", "which")
-           if k in kw}
+    out = {k: kw[k] for k in ("model_id", "assets_dir", "evaluate", "eval_limit", "eval_sets", "eval_root", "which",
+                              "notes") if k in kw}
     if "dtype" in kw:
         out["unet_dtype"] = kw["dtype"]
     return out
@@ -666,7 +666,7 @@ def evaluate_bundle(kind: str, folder: Path, sets=EVAL_SETS, eval_root: Path = E
 
 def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, evaluate: bool = True,
                         eval_limit: Optional[int] = None, eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT,
-                        which: str = "ema", unet_dtype: str = "fp16", device: str = "auto") -> dict:
+                        which: str = "ema", unet_dtype: str = "fp16", device: str = "auto", notes: str = "") -> dict:
     """Write `<assets>/<id>/{config.json, model.safetensors, autoencoder.safetensors, MODEL_CARD.md,
     SHA256SUMS}` (the bundle `ResShift("mini")` / `SinSR("mini")` read) from a resshift-mini or
     sinsr-mini run; the UNet is stored in fp16 (the loader casts to the network's dtype), the
@@ -699,7 +699,7 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     size_mb = sum((dest / f).stat().st_size for f in files) / 1e6
     extra = {"unet_params": _params(model.unet), "ae_params": _params(model.ae), "size_mb": round(size_mb, 2),
              "eval_x4": figures, "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
-    (dest / "MODEL_CARD.md").write_text(_card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit))
+    (dest / "MODEL_CARD.md").write_text(_card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit, notes))
     (dest / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
     (dest / "train_info.json").write_text(json.dumps({k: v for k, v in info.items()}, indent=2) + "\n")
     return {"dir": str(dest), **extra}
@@ -721,7 +721,7 @@ def bundle_config_for(cfg: dict, kind: str, model_id: str) -> dict:
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
-          eval_limit) -> str:
+          eval_limit, notes: str = "") -> str:
     figs = extra["eval_x4"]
     pm = info.get("pack_meta") or {}
     folders = ", ".join(f"train/{k} ({v} crops)" for k, v in (pm.get("crops_per_folder") or {}).items()) or "n/a"
@@ -788,7 +788,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
 
 PSNR gain over bicubic: {gain}.
 
-Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
+{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
 """
 
 
@@ -866,6 +866,7 @@ def main(argv=None) -> int:
     e.add_argument("--weights", default="ema", choices=("ema", "model"))
     e.add_argument("--unet-dtype", default="fp16", choices=("fp16", "fp32"))
     e.add_argument("--device", default="auto", help="device of the evaluation (auto: cuda when available)")
+    e.add_argument("--note", default="", help="free text added to the model card (e.g. how the run went)")
     r = sub.add_parser("recon", help="autoencoder reconstruction Y-PSNR of a vqf4-mini run or bundle")
     r.add_argument("source")
     r.add_argument("--sets", default="Set5,Set14,BSD100")
@@ -886,7 +887,7 @@ def main(argv=None) -> int:
     if a.cmd == "export":
         res = export_resshift_run(a.run, model_id=a.id, assets_dir=a.assets, evaluate=not a.no_eval,
                                   eval_limit=a.eval_limit or None, which=a.weights, unet_dtype=a.unet_dtype,
-                                  device=a.device)
+                                  device=a.device, notes=a.note)
         print(json.dumps(res, indent=2))
     elif a.cmd == "bench":
         if a.threads:
