@@ -4,8 +4,9 @@
 #
 #   scripts/train_resshift_minis.sh            # GPU (one H100: 20 min of training + ~3 min evals)
 #   DEVICE=cpu THREADS=2 scripts/train_resshift_minis.sh
-#                                              # CPU variant: batch 8, 1 + 4 + 2 h budgets (BUDGET_*);
-#                                              # expect undertrained minis -- a GPU is the real route
+#                                              # CPU variant: batch 16 / 8 / 4, bf16, 30 + 55 + 28 min budgets
+#                                              # (BUDGET_*) -- what produced the bundled minis (see their
+#                                              # cards); expect undertrained minis -- a GPU is the real route
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
@@ -34,11 +35,14 @@ THREADS=${THREADS:-}
 EVAL_LIMIT=${EVAL_LIMIT:-0}
 ASSETS=${ASSETS:-assets/weights}
 if [ "$DEVICE" = "cpu" ]; then
-  BUDGET_VQ=${BUDGET_VQ:-60}; BUDGET_RS=${BUDGET_RS:-240}; BUDGET_SIN=${BUDGET_SIN:-120}
-  CPU_SETS=(--set batch_size=8)          # CPU: smaller batches, same recipes
+  BUDGET_VQ=${BUDGET_VQ:-30}; BUDGET_RS=${BUDGET_RS:-55}; BUDGET_SIN=${BUDGET_SIN:-28}
+  # CPU: smaller batches, same recipes (the bundled minis' run; its SinSR stage ran on 1 thread beside
+  # the teacher's evaluation)
+  CPU_VQ=(--set batch_size=16); CPU_RS=(--set batch_size=8 --set warmup_steps=100 --set val_every=1500)
+  CPU_SIN=(--set batch_size=4 --set warmup_steps=20 --set val_every=0)
 else
   BUDGET_VQ=${BUDGET_VQ:-5}; BUDGET_RS=${BUDGET_RS:-8}; BUDGET_SIN=${BUDGET_SIN:-7}
-  CPU_SETS=()
+  CPU_VQ=(); CPU_RS=(); CPU_SIN=()
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
@@ -52,16 +56,16 @@ fi
 
 echo "== stage 1: vqf4-mini"
 "${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-mini" --device "$DEVICE" --no-val \
-  --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_SETS[@]}" ${EXTRA_VQ:-}
-"${RR[@]}" recon "$RUNS/vqf4-mini" --sets Set5,Set14 | tee "$RUNS/vqf4-mini/recon.json"
+  --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" ${EXTRA_VQ:-}
+"${RR[@]}" recon "$RUNS/vqf4-mini" --sets Set5,Set14,BSD100 | tee "$RUNS/vqf4-mini/recon.json"
 
 echo "== stage 2: resshift-mini (frozen vqf4-mini)"
 "${TRAIN[@]}" resshift-mini --pack "$PACK" --out "$RUNS/resshift-mini" --device "$DEVICE" \
-  --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_SETS[@]}" ${EXTRA_RS:-}
+  --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_RS[@]}" ${EXTRA_RS:-}
 
 echo "== stage 3: sinsr-mini (distilled from resshift-mini)"
 "${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini" --device "$DEVICE" \
-  --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SETS[@]}" \
+  --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SIN[@]}" \
   ${EXTRA_SIN:-}
 
 echo "== export: assets/weights/{resshift-mini,sinsr-mini} + model cards (Set5/Set14/BSD100 figures)"
