@@ -194,3 +194,30 @@ def test_through_the_facade_with_tiling(sinsr_mini):
     assert not np.array_equal(np.asarray(r1.image), np.asarray(r3.image))
     whole = api.upscale(img, "sinsr-mini", Settings(tile=32, tile_overlap=0, seed=3), registry=reg)  # one (padded) tile
     assert whole.image.size == (96, 80)
+
+
+def test_bundled_resshift_and_sinsr_minis_serve():
+    """The committed resshift-mini / sinsr-mini bundles: every file matches its SHA256SUMS line, both load
+    through the default registry, upscale a small image (seeded: same seed, same image) and sinsr-mini's
+    autoencoder is its teacher's."""
+    import numpy as np
+    from PIL import Image
+
+    from sr_core import api
+    from sr_core.registry import default_registry
+    from sr_core.types import Settings
+    from sr_core.weights import ASSETS_WEIGHTS, sha256_file
+
+    reg = default_registry()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    for mid in ("resshift-mini", "sinsr-mini"):
+        folder = ASSETS_WEIGHTS / mid
+        for line in (folder / "SHA256SUMS").read_text().splitlines():
+            h, name = line.split()
+            assert sha256_file(folder / name) == h, (mid, name)
+        assert mid in reg.ids() and reg.get(mid).availability().ok
+        a = api.upscale(img, mid, Settings(seed=1), registry=reg).image
+        b = api.upscale(img, mid, Settings(seed=1), registry=reg).image
+        assert a.size == (40, 48) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert (sha256_file(ASSETS_WEIGHTS / "resshift-mini" / "autoencoder.safetensors")
+            == sha256_file(ASSETS_WEIGHTS / "sinsr-mini" / "autoencoder.safetensors"))
