@@ -332,3 +332,21 @@ def test_low_precision_runs_and_stays_close(official_tiny, expected):
             out = m(x.bfloat16(), t, ctx.bfloat16(), f)
             assert out.dtype == torch.bfloat16
             assert _maxdiff(out, expected["out"]) < 0.25  # measured 0.07 / 0.05 (|out| up to 2.6)
+
+
+def test_encoder_reads_the_unet_latent_width_unless_stated():
+    """A prior with a wider latent (the minis may use more than SD's 4 channels): the time-aware encoder takes
+    the UNet's latent channels when its config does not state them, and a stated value is kept."""
+    unet_cfg, enc_cfg, semb = stablesr_unet_configs("tiny")
+    unet_cfg.update(in_channels=8, out_channels=8)
+    enc_cfg.pop("in_channels", None)
+    torch.manual_seed(0)
+    m = StableSRUNet(unet_cfg, enc_cfg, semb).eval()
+    assert m.structcond.input_blocks[0][0].in_channels == 8
+    x, z_lr = torch.randn(1, 8, 16, 16), torch.randn(1, 8, 16, 16)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        out = m(x, t, torch.randn(1, 4, unet_cfg["cross_attention_dim"]), m.encode_struct(z_lr, t))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    stated = StableSRUNet(unet_cfg, {**enc_cfg, "in_channels": 4}, semb)
+    assert stated.structcond.input_blocks[0][0].in_channels == 4

@@ -427,12 +427,13 @@ def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w
     vae_tile = CPU_VAE_TILE if dev.type != "cuda" else 160
 
     ctx.report(0.02, f"{label}: encoding")
-    post_noise = ctx.randn(("stablesr", "posterior"), 4, lh, lw).to(dev, dt)
+    zc = int(m.denoiser.unet.config.in_channels)  # latent channels: 4 for SD, the mini prior's own otherwise
+    post_noise = ctx.randn(("stablesr", "posterior"), zc, lh, lw).to(dev, dt)
     z_lr, feats = m.encode_lr_tiled(x, post_noise, vae_tile * 8, 16 * 8)
     T, lo, hi = int(m.schedule_cfg["timesteps"]), float(m.schedule_cfg["linear_start"]), float(m.schedule_cfg["linear_end"])
     base = sd.sd_schedule(T, lo, hi)
     sched = sd.respace(sd.sd_betas(T, lo, hi), steps)
-    x_T = sd.q_sample(z_lr, base, base.N - 1, ctx.randn(("stablesr", "x_T"), 4, lh, lw).to(dev, dt))
+    x_T = sd.q_sample(z_lr, base, base.N - 1, ctx.randn(("stablesr", "x_T"), zc, lh, lw).to(dev, dt))
     model_fn = make_model_fn(m.denoiser, z_lr, m.context.to(dev, dt))
 
     def noise_fn(k: int, shape) -> torch.Tensor:

@@ -117,12 +117,18 @@ def mini_sd_config() -> dict[str, dict[str, Any]]:
     block, no mid-block self-attention, 0.95 M), 8 GroupNorm groups, 128-dim cross attention.  Sized so
     the bundle stays ~12 MB (fp16 UNet) and a one-step 256 -> 1024 run takes a few seconds on a CPU
     (the f8 VAE at full resolution dominates; measured in scripts/train_sd_minis.sh).  UNet widths stay
-    multiples of 32 because StableSR's SFT layers normalise with 32 groups.  A mini trained without text
+    multiples of 32 because StableSR's SFT layers normalise with 32 groups.  16 latent channels instead of
+    SD's 4 (UNet in/out follow): an f8 latent of 4 channels holds 1/48 of an image's values, three times
+    fewer than its x4 LR (1/16), so a small autoencoder's reconstruction -- the ceiling of every generator
+    that decodes through it -- would have to beat bicubic x4 with a third of the values; 16 channels (1/12)
+    keep more than the LR (a reasoned choice, not an ablation; the card reports the reconstruction PSNR).
+    A mini trained without text
     keeps a fixed empty-prompt context (`empty_prompt_embeds.safetensors` in its folder) and may omit
     text_encoder/ and tokenizer/.
     """
     cfg = _shrink((32, 64, 128, 128), (1, 2, 4, 4), (16, 32, 64, 64), 8, 128, 128, 2, 4, 1000, 1, 1, 77)
     cfg["vae"]["mid_block_add_attention"] = False
+    cfg["vae"]["latent_channels"] = cfg["unet"]["in_channels"] = cfg["unet"]["out_channels"] = 16
     return cfg
 
 

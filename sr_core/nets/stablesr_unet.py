@@ -294,7 +294,10 @@ class StableSRUNet(nn.Module):
         if int(encoder_config.get("out_channels", semb_channels)) != int(semb_channels):
             raise ValueError("the encoder's out_channels must equal semb_channels")
         self.unet = UNet2DConditionModel(**dict(unet_config))
-        self.structcond = TimeAwareEncoder(**dict(encoder_config))
+        enc = dict(encoder_config)
+        # the encoder reads the LR latent: unless stated, as many channels as the UNet's latent (4 for SD)
+        enc.setdefault("in_channels", int(self.unet.config.in_channels))
+        self.structcond = TimeAwareEncoder(**enc)
         self.sft = nn.ModuleDict()
         self.semb_channels = int(semb_channels)
         self._conds: dict[int, Mapping[str, torch.Tensor]] = {}

@@ -101,7 +101,8 @@ T_GEN = 999  # OSEDiff's one step (sr_core.methods.osediff.TIMESTEP)
 
 # Flat network config (recipe `model_config`, `--set model.KEY=VALUE`); the defaults are mini_sd_config().
 MINI_SD_MODEL: dict[str, Any] = {
-    "vae_channels": [16, 32, 64, 64], "vae_layers": 1, "latent_channels": 4,
+    # 16 latent channels, not SD's 4 (why: mini_sd_config's docstring)
+    "vae_channels": [16, 32, 64, 64], "vae_layers": 1, "latent_channels": 16,
     "unet_channels": [32, 64, 128, 128], "unet_heads": [1, 2, 4, 4], "unet_layers": 1,
     "groups": 8, "cross_dim": 128, "ctx_len": 77,
     "vae_mid_attention": False,  # True: self-attention in the VAE mid blocks (SD has it; quadratic in the area)
@@ -655,7 +656,7 @@ SD_RECIPES: dict[str, Recipe] = {
     "mini-sd-vae": SDVAERecipe(
         name="mini-sd-vae",
         description=("Stage 1 of mini-sd/osediff-mini: a small AutoencoderKL (SD-2.1 layout, 16/32/64/64 ch, f8, "
-                     "4 latent channels) trained on HR crops with L1 + 0.1 shift-tolerant LPIPS + 1e-6 KL "
+                     "16 latent channels) trained on HR crops with L1 + 0.1 shift-tolerant LPIPS + 1e-6 KL "
                      "(Stable Diffusion's autoencoder objective without the GAN)."),
         model_config=dict(MINI_SD_MODEL),
         scale=4, batch_size=32, patch_lr=64, max_steps=20000, lr=2e-4, lr_min=1e-5, warmup_steps=500,
