@@ -5,8 +5,8 @@
 #
 #   scripts/train_sd_minis.sh                  # GPU (one H100: 5 + 7 + 7 min of training + ~3 min export/eval)
 #   DEVICE=cpu THREADS=2 scripts/train_sd_minis.sh
-#                                              # CPU variant: batch 4-8, 2 + 6 + 4 h budgets (BUDGET_*);
-#                                              # expect undertrained models -- a GPU is the real route
+#                                              # CPU variant: the settings of the bundled CPU-trained minis,
+#                                              # 36 + 24 + 55 min (BUDGET_*); undertrained -- a GPU is the route
 #   STAGES=vae,sd scripts/train_sd_minis.sh    # a subset (vae, sd, ose, export, eval, bench), e.g. to fit
 #                                              # calls of <= 10 min on a lent machine; runs/ stays between calls
 #
@@ -59,8 +59,15 @@ EVAL_ROOT=${EVAL_ROOT:-../shared/data/eval}
 ASSETS=${ASSETS:-assets/weights}
 WHEELS=${WHEELS:-.whl}
 if [ "$DEVICE" = "cpu" ]; then
-  BUDGET_VAE=${BUDGET_VAE:-120}; BUDGET_SD=${BUDGET_SD:-360}; BUDGET_OSE=${BUDGET_OSE:-240}
-  CPU_VAE=(--set batch_size=4); CPU_SD=(--set batch_size=8); CPU_OSE=(--set batch_size=4)
+  # the run that produced the bundled CPU minis (2 cores; vae and sd with THREADS=2, ose with THREADS=1 while
+  # scripts/train_stablesr_mini.sh trained beside it on the other core): HR 128 crops, L1 + KL only for the
+  # VAE (LPIPS at full resolution would cost most of its time), LoRA rank 16 for the short generator run
+  BUDGET_VAE=${BUDGET_VAE:-36}; BUDGET_SD=${BUDGET_SD:-24}; BUDGET_OSE=${BUDGET_OSE:-55}
+  CPU_VAE=(--set batch_size=16 --set patch_lr=32 --set lambda_lpips=0 --set lr=5e-4 --set betas=0.9,0.99
+           --set warmup_steps=100 --set lr_min=1e-5)
+  CPU_SD=(--set batch_size=16 --set patch_lr=32 --set lr=2e-4 --set warmup_steps=100)
+  CPU_OSE=(--set batch_size=4 --set patch_lr=32 --set lora_rank=16 --set lr=3e-4 --set warmup_steps=50
+           --set val_every=0)
 else
   BUDGET_VAE=${BUDGET_VAE:-5}; BUDGET_SD=${BUDGET_SD:-7}; BUDGET_OSE=${BUDGET_OSE:-7}
   CPU_VAE=(); CPU_SD=(); CPU_OSE=()
@@ -125,19 +132,13 @@ if has eval; then
 fi
 
 if has bench; then
-  echo "== sr_core bench on CPU, LR 256 -> 1024: osediff-mini vs resshift-mini (15 steps)"
-  "$PY" -m sr_core bench --method osediff-mini --sizes 256 --device cpu --json "$RUNS/bench_osediff-mini_cpu.json"
+  echo "== sr_core bench on CPU, LR 256 -> 1024: resshift-mini (15 steps) vs osediff-mini, one process, interleaved"
   if "$PY" -m sr_core methods | grep -q "resshift-mini"; then
-    "$PY" -m sr_core bench --method resshift-mini --sizes 256 --device cpu --json "$RUNS/bench_resshift-mini_cpu.json"
-    "$PY" - "$RUNS" <<'EOF'
-import json, sys
-runs = sys.argv[1]
-o = json.load(open(f"{runs}/bench_osediff-mini_cpu.json"))["sizes"][0]["seconds"]
-r = json.load(open(f"{runs}/bench_resshift-mini_cpu.json"))["sizes"][0]["seconds"]
-print(f"256 -> 1024 on CPU: osediff-mini {o:.2f} s, resshift-mini {r:.2f} s: {r / o:.1f}x (target >= 10x)")
-EOF
+    "$PY" -m sr_core bench --method resshift-mini,osediff-mini --sizes 256 --device cpu \
+      --json "$RUNS/bench_resshift_vs_osediff_cpu.json"   # "x osediff-mini" is the issue's ratio (target >= 10x)
   else
-    echo "(resshift-mini is not exported here: no comparison)"
+    echo "(resshift-mini is not exported here: osediff-mini alone)"
+    "$PY" -m sr_core bench --method osediff-mini --sizes 256 --device cpu --json "$RUNS/bench_osediff-mini_cpu.json"
   fi
 fi
 echo "done: $ASSETS/mini-sd, $ASSETS/osediff-mini; logs in $RUNS/"

@@ -5,7 +5,7 @@ The flags are a contract (scripts call them exactly like this):
   upscale INPUT... -o OUT_DIR --method ID [--scale S] [--steps N] [--seed N] [--tile PX]
           [--tile-overlap PX] [--fidelity W] [--color-fix adain|wavelet|none] [--device auto|cpu|cuda]
   eval --method ID --hr DIR [--scale 4] [--limit N] [--json FILE] [method options]
-  bench --method ID [--sizes 256,512,1024] [--json FILE] [method options]
+  bench --method ID[,ID...] [--sizes 256,512,1024] [--json FILE] [method options]  (several: compared)
 `upscale` under `accelerate launch` (or torchrun) shards the inputs across processes by rank, one
 GPU each.  Training entry points live in `python -m sr_core.training`.
 """
@@ -156,17 +156,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, format_bench
+    from .bench import bench, compare, format_bench, format_compare
     from .registry import default_registry
 
-    method = default_registry().get(args.method)
-    settings = _settings_from(args, method.info)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         raise SRError(f"--sizes must be comma-separated integers, not {args.sizes!r}")
-    res = bench(args.method, sizes, settings, repeat=args.repeat)
-    print(format_bench(res))
+    ids = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not ids:
+        raise SRError("--method needs a method id (or several, comma-separated, to compare them)")
+    reg = default_registry()
+    if len(ids) > 1:  # several methods: timed in one process, interleaved, with their ratios
+        settings = {mid: _settings_from(args, reg.get(mid).info) for mid in ids}
+        res = compare(ids, sizes, settings, registry=reg, repeat=args.repeat)
+        print(format_compare(res))
+    else:
+        settings = _settings_from(args, reg.get(ids[0]).info)
+        res = bench(ids[0], sizes, settings, registry=reg, repeat=args.repeat)
+        print(format_bench(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))

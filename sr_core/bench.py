@@ -4,7 +4,8 @@ For each LR size the method runs once on a deterministic natural-looking test im
 random field plus edges, seeded) after a small warm-up run that loads the weights.  Reported per
 size: seconds, the peak resident memory seen while it ran (sampled by a thread), the growth over
 the resident memory before it, and on CUDA the peak allocated GPU memory.  Ratios between methods
-or sizes are only meaningful between figures of one run on one machine.
+or sizes are only meaningful between figures of one run on one machine; `compare` (`bench --method A,B`)
+times several methods in one process, interleaved, and prints their ratios.
 """
 
 from __future__ import annotations
@@ -109,4 +110,67 @@ def format_bench(res: dict) -> str:
         extra = f" {r['peak_cuda_mb']:>10.1f} (CUDA MB)" if "peak_cuda_mb" in r else ""
         lines.append(f"{r['size']:>8} {r['out_size']:>8} {r['seconds']:>9.3f} {r['peak_rss_mb']:>12.1f} "
                      f"{r['rss_growth_mb']:>10.1f}{extra}")
+    return "\n".join(lines)
+
+
+def compare(method_ids, sizes=(256,), settings_by_method: Optional[dict] = None, registry=None,
+            repeat: int = 1, progress=None) -> dict:
+    """Several methods timed in one process, interleaved (A, B, A, B, ... for every size and repeat), so that
+    whatever else loads the machine weighs on all of them alike.  Per size: each method's best seconds and
+    `x_first` = seconds of the first method / seconds of this one (how many times faster than the first).
+    Memory is not reported here (the methods share the process): `bench` one method for that."""
+    from .api import check_settings, resolve_device, run_method
+    from .registry import default_registry
+    from .types import InputError, WeightsUnavailable
+
+    ids = [str(m) for m in method_ids]
+    if len(ids) < 2 or len(set(ids)) != len(ids):
+        raise InputError(f"compare needs two or more different methods, got {ids}")
+    reg = registry or default_registry()
+    methods, sets = {}, {}
+    for mid in ids:
+        m = reg.get(mid)
+        avail = m.availability()
+        if not avail.ok:
+            raise WeightsUnavailable(f"{mid} is not available: {avail.reason}")
+        st = (settings_by_method or {}).get(mid) or Settings(scale=m.info.default_scale)
+        methods[mid], sets[mid] = m, check_settings(m.info, st)
+    scales = {s.scale for s in sets.values()}
+    if len(scales) != 1:
+        raise InputError(f"the methods upscale by different factors {sorted(scales)}: compare them at one scale")
+    scale = scales.pop()
+    device = resolve_device(sets[ids[0]].device)
+    for mid in ids:  # warm-up: loads weights, first-call overheads
+        run_method(methods[mid], synthetic_image(32), sets[mid])
+    rows = []
+    for n, size in enumerate(sizes):
+        x = synthetic_image(int(size), seed=n)
+        times: dict[str, list[float]] = {mid: [] for mid in ids}
+        for _ in range(max(1, repeat)):
+            for mid in ids:
+                t0 = time.perf_counter()
+                run_method(methods[mid], x, sets[mid])
+                if device.type == "cuda":  # pragma: no cover - needs a GPU
+                    torch.cuda.synchronize()
+                times[mid].append(time.perf_counter() - t0)
+        best = {mid: min(t) for mid, t in times.items()}
+        rows.append({"size": int(size), "out_size": int(size) * scale,
+                     "seconds": best, "seconds_all": times,
+                     "x_first": {mid: best[ids[0]] / best[mid] for mid in ids}})
+        if progress:
+            progress((n + 1) / len(sizes), f"{size}px: " + ", ".join(f"{m} {best[m]:.3f}s" for m in ids))
+    return {"methods": ids, "device": str(device), "threads": torch.get_num_threads(),
+            "settings": {mid: dict(sets[mid].__dict__) for mid in ids}, "repeat": max(1, repeat), "sizes": rows}
+
+
+def format_compare(res: dict) -> str:
+    ids = res["methods"]
+    lines = [f"{', '.join(ids)} on {res['device']} ({res['threads']} threads), interleaved in one process, "
+             f"best of {res['repeat']}",
+             f"{'LR size':>8} {'SR size':>8} " + " ".join(f"{m + ' s':>16}" for m in ids)
+             + " " + " ".join(f"{'x ' + m:>18}" for m in ids[1:])]
+    for r in res["sizes"]:
+        lines.append(f"{r['size']:>8} {r['out_size']:>8} " + " ".join(f"{r['seconds'][m]:>16.3f}" for m in ids)
+                     + " " + " ".join(f"{r['x_first'][m]:>17.2f}x" for m in ids[1:]))
+    lines.append(f"(x METHOD = seconds of {ids[0]} / seconds of METHOD: how many times faster than {ids[0]})")
     return "\n".join(lines)

@@ -89,3 +89,17 @@ def test_bench_prints_and_writes(tmp_path, capsys):
 def test_unknown_method_exit_code(capsys):
     assert main(["upscale", "x.png", "-o", "/tmp/x", "--method", "zzz"]) == 2
     assert "valid ids" in capsys.readouterr().err
+
+
+def test_bench_compares_methods_in_one_process(tmp_path, capsys):
+    js = tmp_path / "c.json"
+    assert main(["bench", "--method", "bicubic,lanczos", "--sizes", "24,32", "--repeat", "2", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["methods"] == ["bicubic", "lanczos"] and res["repeat"] == 2
+    for r in res["sizes"]:
+        assert set(r["seconds"]) == {"bicubic", "lanczos"} and all(len(v) == 2 for v in r["seconds_all"].values())
+        assert r["x_first"]["bicubic"] == 1.0
+        assert r["x_first"]["lanczos"] == pytest.approx(r["seconds"]["bicubic"] / r["seconds"]["lanczos"])
+    assert "interleaved" in capsys.readouterr().out
+    assert main(["bench", "--method", "bicubic,bicubic", "--sizes", "16"]) == 2  # the same method twice
+    assert main(["bench", "--method", ",", "--sizes", "16"]) == 2
