@@ -159,6 +159,37 @@ def test_mini_w0_is_the_plain_decoder_and_latent_tiles_blend(mini):
     assert torch.equal(m.cfw.decode(z, feats, 0.0), m.cfw.decode(z, None))
 
 
+def test_w_change_reuses_the_sampled_latent_and_matches_a_full_run(mini, tmp_path):
+    """Moving w re-runs only the encoder and the CFW decoder: the sampled latent of the same input, steps and
+    seed is cached, and the image equals that of a method without the cache."""
+    fresh = StableSR("mini", bundle_dir=mini.bundle, latent_cache_mb=0)
+    cached = StableSR("mini", bundle_dir=mini.bundle)
+    assert fresh.latents is None and len(cached.latents) == 0
+    lr = _lr(24, 40, seed=5)
+    calls = []
+    m = cached.model("cpu")
+    hook = m.denoiser.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        first = _run(cached, lr, seed=4, fidelity=0.0)
+        n_full = len(calls)
+        again = _run(cached, lr, seed=4, fidelity=0.5)  # only w differs: no denoiser call
+        assert len(calls) == n_full > 0 and len(cached.latents) == 1
+        _run(cached, lr, seed=5, fidelity=0.5)  # another seed samples again
+        assert len(calls) == 2 * n_full
+        _run(cached, lr, seed=4, steps=3, fidelity=0.5)  # other steps too
+        assert len(calls) > 2 * n_full and len(cached.latents) == 3
+    finally:
+        hook.remove()
+    ref0 = _run(fresh, lr, seed=4, fidelity=0.0)
+    ref = _run(fresh, lr, seed=4, fidelity=0.5)
+    assert np.array_equal(np.asarray(first.image), np.asarray(ref0.image))
+    assert np.array_equal(np.asarray(again.image), np.asarray(ref.image))
+    tiny = StableSR("mini", bundle_dir=mini.bundle, latent_cache_mb=1)
+    tiny.latents.max_bytes = 1  # a latent larger than the budget is not kept
+    _run(tiny, lr, seed=4, fidelity=0.0)
+    assert len(tiny.latents) == 0
+
+
 def test_mini_bundle_errors_are_clear(tmp_path):
     bundle = _mini_bundle(tmp_path)
     cfg = json.loads((bundle / "config.json").read_text())

@@ -289,6 +289,45 @@ def torch_bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lr.float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+class _LatentCache:
+    """The sampled latents of recent runs, keyed by everything but w (the LR's bytes, steps, seed, tiles,
+    device, dtype), bounded in bytes (CPU copies).  Moving the fidelity slider then re-runs only the
+    encoder and the CFW decoder: w enters nowhere else, and the same key gives the same latent."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20):
+        from collections import OrderedDict
+
+        self.max_bytes, self._d, self._lock = int(max_bytes), OrderedDict(), threading.Lock()
+
+    @staticmethod
+    def key(lr: torch.Tensor, *parts) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        x = lr.detach().to("cpu", torch.float32).contiguous()
+        h.update(repr((tuple(x.shape), *parts)).encode())
+        h.update(x.numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        with self._lock:
+            z = self._d.get(key)
+            if z is not None:
+                self._d.move_to_end(key)
+            return z
+
+    def put(self, key: str, z: torch.Tensor) -> None:
+        z = z.detach().to("cpu").clone()
+        if z.numel() * z.element_size() > self.max_bytes:
+            return
+        with self._lock:
+            self._d[key] = z
+            self._d.move_to_end(key)
+            while sum(v.numel() * v.element_size() for v in self._d.values()) > self.max_bytes:
+                self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
 class StableSR:
     """SRMethod for StableSR: `StableSR("official")` (stablesr_000117.ckpt, 200 steps by default),
     `StableSR("turbo")` (stablesr_turbo.ckpt, 4 steps), both with vqgan_cfw_00011.ckpt, or
@@ -301,12 +340,14 @@ class StableSR:
     output px; default 128 LR px = 64 latent px as the script).  `dtype` "auto" is fp16 on CUDA.
     `min_side` upsamples inputs whose short output side is below it (the script uses 512) and scales the
     result back down.  `unet_variant` names the UNet layout of the official files ("sd21"; "tiny" in tests).
+    The sampled latent of recent inputs is kept (`latent_cache_mb`, 0 = off): a run that differs from an
+    earlier one only in w skips the diffusion steps and gives what a full run would.
     """
 
     def __init__(self, variant: str = "official", *, weights: Optional[os.PathLike | str] = None,
                  cfw_weights: Optional[os.PathLike | str] = None, bundle_dir: Optional[os.PathLike | str] = None,
                  method_id: Optional[str] = None, dtype: str = "auto", min_side: int = 0,
-                 unet_variant: str = "sd21"):
+                 unet_variant: str = "sd21", latent_cache_mb: int = 64):
         if variant not in (*VARIANTS, "mini"):
             raise ValueError(f"unknown StableSR variant {variant!r}; valid: {', '.join((*VARIANTS, 'mini'))}")
         if dtype not in DTYPES:
@@ -315,6 +356,7 @@ class StableSR:
         self.unet_variant = unet_variant  # "sd21" for the released files; "tiny" for tests
         self._models: dict[tuple[str, str], StableSRModel] = {}
         self._lock = threading.Lock()
+        self.latents = _LatentCache(int(latent_cache_mb) * 2**20) if latent_cache_mb else None
         if variant == "mini":
             mid = method_id or "stablesr-mini"
             self.bundle = Path(bundle_dir) if bundle_dir is not None else W.ASSETS_WEIGHTS / mid
@@ -403,18 +445,26 @@ class StableSR:
         m = self.model(ctx.device)
         tile = max(int(st.tile or self.info.default_tile) // 16 * 8, 8)  # LR px -> latent px, a multiple of 8
         overlap = min(max(int(st.tile_overlap) // 2, 0), tile - 1)
+        key = None
+        whole = ctx.tile_box is None or (int(ctx.tile_count) <= 1 and tuple(ctx.tile_box[:2]) == (0, 0))
+        if self.latents is not None and whole:  # (the noise depends on the tile's position)
+            key = _LatentCache.key(lr, steps, int(st.seed), tile, overlap, self.min_side, s, str(ctx.device),
+                                   str(m.dtype))
+        cached = self.latents.get(key) if key else None
+        keep = (lambda z: self.latents.put(key, z)) if key else None
         return sample(m, lr, ctx, steps=steps, w=w, scale=s, tile=tile, overlap=overlap, min_side=self.min_side,
-                      label=self.info.id)
+                      label=self.info.id, latent=cached, on_latent=keep)
 
 
 @torch.inference_mode()
 def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w: float, scale: int = 4,
            tile: int = DEFAULT_LATENT_TILE, overlap: int = DEFAULT_LATENT_OVERLAP, min_side: int = 0,
-           label: str = "stablesr") -> torch.Tensor:
+           label: str = "stablesr", latent: Optional[torch.Tensor] = None, on_latent=None) -> torch.Tensor:
     """One StableSR run of the networks `m` on `lr` (1, 3, h, w) in [0, 1] -> (1, 3, h*scale, w*scale):
     upsample, encode (posterior noise from `ctx.randn`), x_T = z_lr noised to t = T-1, `steps` respaced
     aggregation-sampling steps over `tile`-px latent tiles (`overlap` px), CFW decode with weight `w`.
-    `StableSR.run` and the training recipes' validation both call this."""
+    `StableSR.run` and the training recipes' validation both call this.  `latent`: the sampled latent of
+    an earlier run on the same input and settings (the steps are skipped); `on_latent(z)` receives it."""
     dev, dt = ctx.device, m.dtype
     h0, w0 = lr.shape[-2:]
     up_scale = scale
@@ -443,8 +493,14 @@ def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w
         done = steps - int(info["k"])
         ctx.report(0.05 + 0.85 * done / steps, f"{label}: step {done}/{steps}")
 
-    z = sd.canvas_sample(model_fn, x_T, sched, tile=tile, overlap=overlap, noise_fn=noise_fn,
-                         parameterization=m.parameterization, callback=callback)
+    if latent is not None and tuple(latent.shape) == tuple(x_T.shape):
+        ctx.report(0.9, f"{label}: the sampled latent of this input is cached (only w changed)")
+        z = latent.to(dev, dt)
+    else:
+        z = sd.canvas_sample(model_fn, x_T, sched, tile=tile, overlap=overlap, noise_fn=noise_fn,
+                             parameterization=m.parameterization, callback=callback)
+        if on_latent is not None:
+            on_latent(z)
     ctx.report(0.92, f"{label}: decoding (w = {w:g})")
     out = m.cfw.decode_tiled(z / m.scale_factor, feats, w, vae_tile, 16)
     out = ((out.float() + 1) / 2).clamp(0, 1)
