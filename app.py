@@ -779,6 +779,8 @@ def _panel(h: Handlers, choices, method_id: Optional[str], *, with_scale: bool, 
                       value=st.default if st else 1, label="Steps",
                       visible=prop("steps", "visible", False), elem_id=f"steps{eid}")
     fidelity = gr.Slider(0.0, 1.0, step=0.05, value=DEFAULTS.fidelity, label="Fidelity w (0 = realism, 1 = fidelity)",
+                         info="Changing only w on the same image and seed re-uses the sampled latent: "
+                              "just the decoder runs again.",
                          visible=prop("fidelity", "visible", False), elem_id=f"fidelity{eid}")
     with gr.Row(visible=prop("seed_row", "visible", False), elem_classes=["seed-row"]) as seed_row:
         seed = gr.Number(value=DEFAULTS.seed, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",

@@ -5,7 +5,7 @@
 # through the CLI: `sr_core eval --method stablesr-mini --fidelity W` on EVAL_SETS_CLI, default Set5).
 #
 #   scripts/train_stablesr_mini.sh                           # GPU, one command (8 + 5 min training)
-#   DEVICE=cpu THREADS=2 scripts/train_stablesr_mini.sh      # CPU variant (~3 h; undertrained)
+#   DEVICE=cpu THREADS=1 scripts/train_stablesr_mini.sh      # CPU variant (the bundled one; undertrained)
 #   STAGES=sft,cfw scripts/train_stablesr_mini.sh            # on a lent GPU (no eval images there); then
 #   STAGES=export,eval scripts/train_stablesr_mini.sh        # here: export + the w-sweep (CPU)
 #
@@ -48,7 +48,8 @@ EVAL_ROOT=${EVAL_ROOT:-../shared/data/eval}
 EVAL_SETS_CLI=${EVAL_SETS_CLI:-Set5}
 ASSETS=${ASSETS:-assets/weights}
 if [ "$DEVICE" = "cpu" ]; then
-  BUDGET_SFT=${BUDGET_SFT:-150}; BUDGET_CFW=${BUDGET_CFW:-100}
+  # the bundled CPU-trained stablesr-mini: 24 + 24 min with THREADS=1 beside osediff-mini's training
+  BUDGET_SFT=${BUDGET_SFT:-24}; BUDGET_CFW=${BUDGET_CFW:-24}
   CPU_SFT=(--set batch_size=8); CPU_CFW=(--set batch_size=4)
 else
   BUDGET_SFT=${BUDGET_SFT:-8}; BUDGET_CFW=${BUDGET_CFW:-5}; CPU_SFT=(); CPU_CFW=()

@@ -679,7 +679,7 @@ SD_RECIPES: dict[str, Recipe] = {
     ),
     "osediff-mini": OSEDiffRecipe(
         name="osediff-mini",
-        description=("OSEDiff on mini-sd: LoRA rank 4 on the VAE encoder and the UNet (the official target rule) + "
+        description=("OSEDiff on mini-sd: LoRA (rank 4 by default, the official) on the VAE encoder and the UNet (the official target rule) + "
                      "conv_in, one step at t = 999 from the LQ latent, trained with MSE + 0.2 LPIPS (shift-tolerant) "
                      "+ 0.1 VSD (frozen mini-sd real score, LoRA fake score trained with the diffusion loss) on "
                      "MATLAB-bicubic x4 pairs (the benchmark's degradation; Real-ESRGAN degradations are "
@@ -1018,6 +1018,7 @@ def _card(model_id: str, recipe: Recipe, info: dict, cfg: dict, meta: dict, vae_
                      f"frozen VAE; {vae_line}: L1 + {vae_recipe.lambda_lpips:g} x shift-tolerant LPIPS + "
                      f"{vae_recipe.kl_weight:g} x KL")
         method = "none on its own (a prior); `OSEDiff(\"mini\")` loads it as part of `osediff-mini`"
+        lpips_used = vae_recipe.lambda_lpips > 0
     else:
         rows = [f"| {model_id} (this folder) | " + " | ".join(
             (f"{figs[s]['psnr_y']:.2f} / {figs[s]['ssim_y']:.4f} / {figs[s]['lr_psnr']:.1f}" if s in figs else "n/a")
@@ -1041,6 +1042,9 @@ PSNR gain over bicubic: {gain}.
                      f"({(lo['unet_lora_conv_in'] + lo['vae_lora']) / 1e6:.2f} M trainable values); prior from "
                      f"`{prior.get('prior_from')}`; degradation {recipe.degradation.describe()}")
         method = "`OSEDiff(\"mini\")` (`sr_core/methods/osediff.py`), one UNet call at t = 999, empty-prompt context"
+        lpips_used = recipe.lambda_lpips > 0
+    lpips_line = ("\n  The perceptual term used the shift-tolerant LPIPS AlexNet weights of `stlpips-pytorch` (BSD-2-Clause)."
+                  if lpips_used else "")
     return f"""# {model_id}
 
 {recipe.description}
@@ -1048,8 +1052,7 @@ PSNR gain over bicubic: {gain}.
 - **Method**: {method}.
 {arch}
 - **Files**: {files}; {meta['size_mb']:.2f} MB in all{prior_ref}.
-- **Licence**: code MIT; weights trained by this project for research use (the training images are research-only).
-  The perceptual term used the shift-tolerant LPIPS AlexNet weights of `stlpips-pytorch` (BSD-2-Clause).
+- **Licence**: code MIT; weights trained by this project for research use (the training images are research-only).{lpips_line}
 
 ## Training
 - Recipe `{recipe.name}` (`sr_core/training/recipes_sd.py`): {objective}.
