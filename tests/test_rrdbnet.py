@@ -91,8 +91,10 @@ def test_parity_with_official_srdiff_rrdbnet():
     _fill_from_names(net)
     with torch.no_grad():
         out, feas = net(torch.from_numpy(fx["x"]), get_fea=True)
-    assert torch.allclose(out, torch.from_numpy(fx["out"]), atol=1e-5)
-    assert torch.allclose(torch.cat(feas[2::3], 1), torch.from_numpy(fx["fea_cat"]), atol=1e-5)
+    # the project's parity bar (1e-4, fp32): 1e-5 held on one CPU and not on another (oneDNN picks
+    # different convolution kernels per instruction set; measured 3.9e-5 on outputs up to 1)
+    assert (out - torch.from_numpy(fx["out"])).abs().max() <= 1e-4
+    assert (torch.cat(feas[2::3], 1) - torch.from_numpy(fx["fea_cat"])).abs().max() <= 1e-4
 
 
 def test_method_loads_official_style_rrdb_prefix(tmp_path):
