@@ -6,7 +6,7 @@
 #   scripts/train_sd_minis.sh                  # GPU (one H100: 5 + 7 + 7 min of training + ~3 min export/eval)
 #   DEVICE=cpu THREADS=2 scripts/train_sd_minis.sh
 #                                              # CPU variant: the settings of the bundled CPU-trained minis,
-#                                              # 36 + 24 + 55 min (BUDGET_*); undertrained -- a GPU is the route
+#                                              # 55 + 16 + 50 min (BUDGET_*); undertrained -- a GPU is the route
 #   STAGES=vae,sd scripts/train_sd_minis.sh    # a subset (vae, sd, ose, export, eval, bench), e.g. to fit
 #                                              # calls of <= 10 min on a lent machine; runs/ stays between calls
 #
@@ -62,7 +62,7 @@ if [ "$DEVICE" = "cpu" ]; then
   # the run that produced the bundled CPU minis (2 cores; vae and sd with THREADS=2, ose with THREADS=1 while
   # scripts/train_stablesr_mini.sh trained beside it on the other core): HR 128 crops, L1 + KL only for the
   # VAE (LPIPS at full resolution would cost most of its time), LoRA rank 16 for the short generator run
-  BUDGET_VAE=${BUDGET_VAE:-36}; BUDGET_SD=${BUDGET_SD:-24}; BUDGET_OSE=${BUDGET_OSE:-55}
+  BUDGET_VAE=${BUDGET_VAE:-55}; BUDGET_SD=${BUDGET_SD:-16}; BUDGET_OSE=${BUDGET_OSE:-50}
   CPU_VAE=(--set batch_size=16 --set patch_lr=32 --set lambda_lpips=0 --set lr=5e-4 --set betas=0.9,0.99
            --set warmup_steps=100 --set lr_min=1e-5)
   CPU_SD=(--set batch_size=16 --set patch_lr=32 --set lr=2e-4 --set warmup_steps=100)

@@ -122,9 +122,8 @@ def mini_sd_config() -> dict[str, dict[str, Any]]:
     fewer than its x4 LR (1/16), so a small autoencoder's reconstruction -- the ceiling of every generator
     that decodes through it -- would have to beat bicubic x4 with a third of the values; 16 channels (1/12)
     keep more than the LR (a reasoned choice, not an ablation; the card reports the reconstruction PSNR).
-    A mini trained without text
-    keeps a fixed empty-prompt context (`empty_prompt_embeds.safetensors` in its folder) and may omit
-    text_encoder/ and tokenizer/.
+    A mini trained without text keeps a fixed empty-prompt context (`empty_prompt_embeds.safetensors` in
+    its folder) and may omit text_encoder/ and tokenizer/.
     """
     cfg = _shrink((32, 64, 128, 128), (1, 2, 4, 4), (16, 32, 64, 64), 8, 128, 128, 2, 4, 1000, 1, 1, 77)
     cfg["vae"]["mid_block_add_attention"] = False
