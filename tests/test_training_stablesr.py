@@ -65,6 +65,11 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     changed2 = {k for k in before2 if not torch.equal(before2[k], after2[k])}
     assert changed2 and all(k.startswith("net.cfw.fusion.") for k in changed2)
 
+    # stage 1 goes on after stage 2 started: the export takes the encoder + SFT from the stage-1 run as it
+    # is then (stage 2 never trains them), so the bundle and its card's stage-1 line agree
+    train(s1, pack_path=kit["pack"], out=run1, max_steps=5, resume=True, device="cpu", mixed_precision="no",
+          val_dir=None, log=lambda s: None)
+    ema1 = torch.load(run1 / "ckpt" / "last.pt", weights_only=True)["ema"]
     res = export_run(run2, model_id="stablesr-mini", assets_dir=tmp_path / "weights", dtype="fp32",
                      eval_sets=("Set5",), eval_root=kit["eval"])
     d = Path(res["dir"])
@@ -78,7 +83,7 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     assert sw["bicubic"]["n"] == sw["1"]["n"] == 2 and sw["settings"]["color_fix"] == "adain"  # eval's default
     assert len({round(sw[k]["psnr_y"], 6) for k in ("0", "0.5", "1")}) == 3
     assert set(res["checks"]["Set5"]) == {"gain_db", "gain_ok", "monotonic", "above_bicubic"}
-    assert cfg["runs"]["sft"]["steps"] == 3 and cfg["runs"]["cfw"]["steps"] == 3
+    assert cfg["runs"]["sft"]["steps"] == 5 and cfg["runs"]["cfw"]["steps"] == 3
 
     method = StableSR("mini", bundle_dir=d)
     assert method.availability().ok and method.info.steps.default == 2
@@ -93,6 +98,9 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     served = method.model("cpu")
     k = next(k for k in ema2 if k.startswith("net.cfw.fusion.") and k.endswith("weight"))
     assert torch.allclose(served.cfw.state_dict()[k[len("net.cfw."):]], ema2[k].float())
+    sft = [k for k in ema1 if k.startswith(("net.denoiser.sft.", "net.denoiser.structcond."))]
+    assert sft and any(not torch.equal(ema1[k], ema2[k]) for k in sft)  # stage 1 moved on after stage 2's start
+    assert all(torch.equal(served.denoiser.state_dict()[k[len("net.denoiser."):]], ema1[k].float()) for k in sft)
 
 
 def test_zero_init_sft_normalises_instead_of_passing_through(tmp_path, one_thread):

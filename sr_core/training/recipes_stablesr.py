@@ -344,14 +344,19 @@ def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, a
                          f"(python -m sr_core.training export runs/mini-sd) and train with prior_from= that folder")
     model = recipe.build_model()
     model.load_state_dict(ck[which], strict=True)
+    stage1 = _resolve(recipe.stage1_from) if recipe.stage == "cfw" and recipe.stage1_from else None
+    if stage1 is not None and (stage1 / "ckpt" / "last.pt").is_file():
+        # stage 2 never trains the encoder + SFT: they are stage 1's, read from its run as it is now (the run
+        # may have gone on after stage 2 started), so the weights and the card's stage-1 line agree
+        _load_stage1(model, recipe.stage1_from)
     model.eval()
     model_id = model_id or recipe.export_id or "stablesr-mini"
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     dest.mkdir(parents=True, exist_ok=True)
     cfg = recipe._cfg()
     runs = {recipe.stage: _run_info(run_dir, ck)}
-    if recipe.stage == "cfw" and recipe.stage1_from and (_resolve(recipe.stage1_from) / "ckpt").is_dir():
-        runs["sft"] = _run_info(_resolve(recipe.stage1_from))
+    if stage1 is not None and (stage1 / "ckpt").is_dir():
+        runs["sft"] = _run_info(stage1)
     bundle_cfg = {"id": model_id, "prior": os.path.relpath(prior, dest), "encoder": cfg["encoder"],
                   "semb_channels": cfg["semb_channels"], "fusion": cfg["fusion"],
                   "parameterization": cfg["parameterization"], "default_steps": cfg["default_steps"],
