@@ -7,8 +7,12 @@
 #                                              # CPU variant: batch 16 / 8 / 4, bf16, 30 + 55 + 28 min budgets
 #                                              # (BUDGET_*) -- what produced the bundled minis (see their
 #                                              # cards); expect undertrained minis -- a GPU is the real route
+#   STAGES=vq,rs,sin scripts/train_resshift_minis.sh
+#                                              # a subset (vq, rs, sin, export, eval, bench); on a lent GPU
+#                                              # machine use scripts/device.sh, which runs the training
+#                                              # stages there within its limits and the rest here
 #
-# Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
+# Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
 # THREADS (CPU threads), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
 # EVAL_LIMIT (images per eval set; 0 = all), ASSETS (bundle root, default assets/weights; the
@@ -31,6 +35,7 @@ PY=${PY:-python}
 DEVICE=${DEVICE:-auto}
 PACK=${PACK:-packs/train_x4_s256_n320.npz}
 RUNS=${RUNS:-runs}
+STAGES=${STAGES:-vq,rs,sin,export,eval,bench}
 THREADS=${THREADS:-}
 EVAL_LIMIT=${EVAL_LIMIT:-0}
 ASSETS=${ASSETS:-assets/weights}
@@ -48,43 +53,54 @@ THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
 TRAIN=("$PY" -m sr_core.training)   # the kit's CLI; recipes_resshift registers these recipes
 RR=("$PY" -m sr_core.training.resshift_cli)
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 if [ ! -f "$PACK" ]; then
   echo "== building the training pack $PACK (../shared/data/train/*)"
   "$PY" -m sr_core.training pack --out "$PACK"
 fi
 
-echo "== stage 1: vqf4-mini"
-"${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-mini" --device "$DEVICE" --no-val \
-  --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" ${EXTRA_VQ:-}
-"${RR[@]}" recon "$RUNS/vqf4-mini" --sets Set5,Set14,BSD100 | tee "$RUNS/vqf4-mini/recon.json"
+if has vq; then
+  echo "== stage 1: vqf4-mini"
+  "${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-mini" --device "$DEVICE" --no-val \
+    --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" ${EXTRA_VQ:-}
+fi
+if has rs; then
+  echo "== stage 2: resshift-mini (frozen vqf4-mini)"
+  "${TRAIN[@]}" resshift-mini --pack "$PACK" --out "$RUNS/resshift-mini" --device "$DEVICE" \
+    --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_RS[@]}" ${EXTRA_RS:-}
+fi
+if has sin; then
+  echo "== stage 3: sinsr-mini (distilled from resshift-mini)"
+  "${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini" --device "$DEVICE" \
+    --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SIN[@]}" \
+    ${EXTRA_SIN:-}
+fi
 
-echo "== stage 2: resshift-mini (frozen vqf4-mini)"
-"${TRAIN[@]}" resshift-mini --pack "$PACK" --out "$RUNS/resshift-mini" --device "$DEVICE" \
-  --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_RS[@]}" ${EXTRA_RS:-}
+if has export; then
+  echo "== the autoencoder's round trip (the ceiling of both minis), then export: assets/weights/{resshift-mini,sinsr-mini} + model cards"
+  "${RR[@]}" recon "$RUNS/vqf4-mini" --sets Set5,Set14,BSD100 | tee "$RUNS/vqf4-mini/recon.json"
+  "${RR[@]}" export "$RUNS/resshift-mini" --assets "$ASSETS" --device "$DEVICE" --eval-limit "$EVAL_LIMIT" | tee "$RUNS/resshift-mini/export.json"
+  "${RR[@]}" export "$RUNS/sinsr-mini" --assets "$ASSETS" --device "$DEVICE" --eval-limit "$EVAL_LIMIT" | tee "$RUNS/sinsr-mini/export.json"
+fi
 
-echo "== stage 3: sinsr-mini (distilled from resshift-mini)"
-"${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini" --device "$DEVICE" \
-  --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SIN[@]}" \
-  ${EXTRA_SIN:-}
-
-echo "== export: assets/weights/{resshift-mini,sinsr-mini} + model cards (Set5/Set14/BSD100 figures)"
-"${RR[@]}" export "$RUNS/resshift-mini" --assets "$ASSETS" --device "$DEVICE" --eval-limit "$EVAL_LIMIT" | tee "$RUNS/resshift-mini/export.json"
-"${RR[@]}" export "$RUNS/sinsr-mini" --assets "$ASSETS" --device "$DEVICE" --eval-limit "$EVAL_LIMIT" | tee "$RUNS/sinsr-mini/export.json"
-
-echo "== sr_core eval (benchmark protocol) and bench"
-# `sr_core eval/bench --method resshift-mini|sinsr-mini` need the two ids in the default registry
-# (sr_core/registry.py); the export above already ran the same protocol through the method.
-for m in resshift-mini sinsr-mini; do
-  for s in Set5 Set14 BSD100; do
-    LIM=(); [ "$EVAL_LIMIT" != "0" ] && LIM=(--limit "$EVAL_LIMIT")
-    "$PY" -m sr_core eval --method "$m" --hr "../shared/data/eval/$s/HR" --device "$DEVICE" "${LIM[@]}" \
-      --json "$RUNS/$m/eval_$s.json" | tail -2 || echo "(sr_core eval --method $m failed: is $m registered?)"
+if has eval; then
+  echo "== sr_core eval (benchmark protocol)"
+  # `sr_core eval/bench --method resshift-mini|sinsr-mini` need the two ids in the default registry
+  # (sr_core/registry.py); the export above already ran the same protocol through the method.
+  for m in resshift-mini sinsr-mini; do
+    for s in Set5 Set14 BSD100; do
+      LIM=(); [ "$EVAL_LIMIT" != "0" ] && LIM=(--limit "$EVAL_LIMIT")
+      "$PY" -m sr_core eval --method "$m" --hr "../shared/data/eval/$s/HR" --device "$DEVICE" "${LIM[@]}" \
+        --json "$RUNS/$m/eval_$s.json" | tail -2 || echo "(sr_core eval --method $m failed: is $m registered?)"
+    done
   done
-done
-# speed on CPU (what the app runs), both minis in one process, interleaved:
-"${RR[@]}" bench --resshift "$ASSETS/resshift-mini" --sinsr "$ASSETS/sinsr-mini" --sizes 64,128 --device cpu | tee "$RUNS/bench_minis_cpu.json"
-for m in resshift-mini sinsr-mini; do
-  "$PY" -m sr_core bench --method "$m" --sizes 64,128 --device cpu || true
-done
+fi
+if has bench; then
+  # speed on CPU (what the app runs), both minis in one process, interleaved:
+  "${RR[@]}" bench --resshift "$ASSETS/resshift-mini" --sinsr "$ASSETS/sinsr-mini" --sizes 64,128 --device cpu | tee "$RUNS/bench_minis_cpu.json"
+  for m in resshift-mini sinsr-mini; do
+    "$PY" -m sr_core bench --method "$m" --sizes 64,128 --device cpu || true
+  done
+fi
 echo "done: $ASSETS/resshift-mini, $ASSETS/sinsr-mini; logs in $RUNS/"

@@ -5,6 +5,9 @@
     python -m sr_core.training RECIPE [--pack FILE] [--out DIR] [--max-steps N] [--resume] [--device auto|cpu|cuda]
                                       [--mixed-precision auto|no|bf16|fp16] [--time-budget MIN] [--set key=value ...]
     python -m sr_core.training export RUN_DIR [--id rrdb-mini] [--dtype fp16|fp32] [--no-eval]
+    python -m sr_core.training handoff RUN_DIR... --out DIR     (on a lent GPU: what training changed, in
+                                                                 <= 8 files of < 16 MiB for $OUT)
+    python -m sr_core.training adopt DIR [--runs runs]          (here: rebuild those run folders from it)
 
 Multi-GPU / multi-node: `accelerate launch -m sr_core.training RECIPE ...`.  Mirrors the workflow of
 the official repos' train scripts (config -> trainer -> checkpoint) with recipes kept as code.
@@ -62,6 +65,47 @@ def _export_main(argv: list[str]) -> int:
     return 0
 
 
+def _handoff_main(argv: list[str]) -> int:
+    from .handoff import MAX_FILES, MAX_TOTAL_MIB, write_handoff
+
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training handoff",
+                                 description="write runs' trained weights as small shards (sr_core/training/handoff.py)")
+    ap.add_argument("runs", nargs="+", help="run folders, in the order they were trained")
+    ap.add_argument("--out", required=True, help="folder to write into (the device's $OUT)")
+    ap.add_argument("--max-mib", type=float, default=15.0, help="largest shard (the device returns files < 16 MiB)")
+    ap.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="stored precision (default fp16)")
+    a = ap.parse_args(argv)
+    paths = []
+    for i, run in enumerate(a.runs):
+        paths += write_handoff(run, a.out, max_mib=a.max_mib, seq=i, dtype=a.dtype)
+    for p in paths:
+        print(f"{p}  {p.stat().st_size / 2**20:.2f} MiB")
+    total = sum(p.stat().st_size for p in paths) / 2**20
+    print(f"{len(paths)} files, {total:.1f} MiB")
+    if len(paths) > MAX_FILES or total > MAX_TOTAL_MIB:
+        print(f"too much for a lent device's $OUT ({MAX_FILES} files, {MAX_TOTAL_MIB:g} MiB together): hand off "
+              f"fewer runs per call", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _adopt_main(argv: list[str]) -> int:
+    from .handoff import adopt_handoff, handoff_files, handoff_seq
+
+    ap = argparse.ArgumentParser(prog="python -m sr_core.training adopt",
+                                 description="rebuild run folders from handoff shards (sr_core/training/handoff.py)")
+    ap.add_argument("folder", help="where the shards are (the device's files_at)")
+    ap.add_argument("--runs", default=str(REPO_ROOT / "runs"), help="runs root (default: runs/)")
+    a = ap.parse_args(argv)
+    found = handoff_files(a.folder)
+    if not found:
+        print(f"no handoff shards in {a.folder}", file=sys.stderr)
+        return 2
+    for name in sorted(found, key=lambda n: handoff_seq(found[n])):
+        print(json.dumps(adopt_handoff(found[name], Path(a.runs) / name)), flush=True)
+    return 0
+
+
 def _train_main(name: str, argv: list[str]) -> int:
     from .trainer import train
 
@@ -97,7 +141,8 @@ def _train_main(name: str, argv: list[str]) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python -m sr_core.training {list | pack ... | export RUN ... | RECIPE ...}\n"
+    usage = ("usage: python -m sr_core.training {list | pack ... | export RUN ... | handoff RUN... --out DIR | "
+             "adopt DIR | RECIPE ...}\n"
              f"recipes: {', '.join(sorted(RECIPES))}")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -111,6 +156,10 @@ def main(argv=None) -> int:
         return _pack_main(rest)
     if cmd == "export":
         return _export_main(rest)
+    if cmd == "handoff":
+        return _handoff_main(rest)
+    if cmd == "adopt":
+        return _adopt_main(rest)
     if cmd in RECIPES:
         return _train_main(cmd, rest)
     print(f"unknown recipe or command {cmd!r}\n{usage}", file=sys.stderr)

@@ -121,9 +121,13 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
             raise ValueError(f"{ckpt_path} belongs to recipe {ck.get('recipe', {}).get('name')!r}, not {recipe.name!r}")
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
+        if "optimizer" in ck:
+            opt.load_state_dict(ck["optimizer"])
+        elif main:  # a run adopted from a device handoff (sr_core/training/handoff.py) carries no optimiser
+            log(f"{ckpt_path} has no optimiser state (an adopted handoff): Adam starts afresh")
         step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
-        torch.set_rng_state(ck["rng_cpu"])
+        if "rng_cpu" in ck:
+            torch.set_rng_state(ck["rng_cpu"])
         if main:
             log(f"resumed from {ckpt_path} at step {step}")
     elif resume and main:

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Train an issue's minis on a lent GPU machine (the `device` tool) within its limits, and bring them back.
+#
+# The lent machine's limits (/work/.library/device/README.md): 15 min of device time per task, all tries and
+# the machine's start included; <= 10 min per command; the working tree that travels (tracked files +
+# carried paths) <= 64 MiB -- the bundled weights alone are ~88 MB; <= 8 files of < 16 MiB come back from
+# $OUT; no ../shared and no network there; its python3 has torch/accelerate/peft/safetensors/einops but
+# not diffusers.  So one issue per lent session, one call, ~5 min of training:
+#
+#   scripts/device.sh prep ISSUE          here: a training pack sized to fit, the wheels in .whl/, the LPIPS
+#                                         weights in packs/, and a temporary branch `device-tmp` without the
+#                                         bundled weights the run does not read; prints the `run` call
+#   scripts/device.sh train ISSUE         there (the command prep prints): the issue's training stages with
+#                                         GPU budgets that end inside the call, then their handoff into $OUT
+#                                         (sr_core/training/handoff.py: only what training changed, sharded)
+#   scripts/device.sh collect ISSUE DIR   here: back to your branch, `adopt` the shards in DIR (the call's
+#                                         files_at) into runs/, then export + eval (+ bench) on the CPU with
+#                                         the issue's script, as its STAGES=export,... documents
+#   scripts/device.sh restore             here: back to your branch, `device-tmp` deleted (after a failed run)
+#
+# ISSUE: resshift (#4: vqf4-mini -> resshift-mini -> sinsr-mini, scripts/train_resshift_minis.sh),
+#        sd (#7: mini-sd-vae -> mini-sd -> osediff-mini, scripts/train_sd_minis.sh; a new mini-sd means
+#        stablesr-mini must be retrained on it: the stablesr issue next), stablesr (#6: stablesr-mini and
+#        its CFW on the bundled mini-sd, scripts/train_stablesr_mini.sh).
+# Knobs: GPU_MIN (training minutes in all, default 4.5; split over the stages as below), TIMEOUT_S (the
+# call's limit printed by prep, default 420: ~7 min leaves a rerun inside 15 min), DEVICE (train: cuda;
+# cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT (passed to the issue's script), PY.
+# A dry run of the whole path on this CPU (tiny budgets, no device; prep/restore are not needed):
+#   export RUNS=/tmp/dry/runs ASSETS=/tmp/dry/weights EVAL_LIMIT=2
+#   OUT=/tmp/dry/out DEVICE=cpu GPU_MIN=0.6 scripts/device.sh train resshift && COLLECT_STAGES=export \
+#     scripts/device.sh collect resshift /tmp/dry/out
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd=${1:-}; issue=${2:-}
+PY=${PY:-python}
+GPU_MIN=${GPU_MIN:-4.5}
+TIMEOUT_S=${TIMEOUT_S:-420}
+LIMIT_MIB=62   # what travels, with headroom under the 64 MiB limit
+LPIPS=packs/alex_shift_tolerant.pth
+ORIG_FILE=.git/device-orig-branch
+RUNS=${RUNS:-runs}
+
+case "$issue" in
+  resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
+            KEEP=(); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.25 0.45 0.30); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+            COLLECT_DEFAULT=export,eval,bench ;;
+  sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
+            KEEP=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
+            COLLECT_DEFAULT=export,eval,bench ;;
+  stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
+            KEEP=(mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
+            COLLECT_DEFAULT=export,eval ;;
+  "")       [ "$cmd" = restore ] || { sed -n '2,32p' "$0"; exit 2; } ;;
+  *)        echo "unknown issue '$issue' (resshift, sd, stablesr)" >&2; exit 2 ;;
+esac
+
+mib() { "$PY" -c "import sys; print(f'{int(sys.argv[1]) / 2**20:.1f}')" "$1"; }
+tree_bytes() { git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+
+restore() {
+  [ -f "$ORIG_FILE" ] || { echo "(no device branch to leave)"; return 0; }
+  local orig; orig=$(cat "$ORIG_FILE")
+  git switch -q "$orig"
+  git branch -q -D device-tmp 2>/dev/null || true
+  rm -f "$ORIG_FILE"
+  echo "== back on $orig (device-tmp deleted)"
+}
+
+case "$cmd" in
+prep)
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "commit or stash your changes first: prep switches to a temporary branch" >&2; exit 1
+  fi
+  [ -f "$ORIG_FILE" ] && { echo "a device branch is active ($(cat "$ORIG_FILE") -> device-tmp): restore first" >&2; exit 1; }
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  carry=()
+  if [ "$NEED_WHEELS" = 1 ]; then
+    mkdir -p .whl
+    ls .whl/diffusers-0.42.1-*.whl >/dev/null 2>&1 && ls .whl/importlib_metadata-*.whl >/dev/null 2>&1 || \
+      "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 \
+        "importlib_metadata==$("$PY" -c 'import importlib.metadata as m; print(m.version("importlib_metadata"))')"
+    carry+=(.whl)
+  fi
+  if [ "$NEED_LPIPS" = 1 ]; then
+    if [ ! -f "$LPIPS" ]; then
+      tmp=$(mktemp -d)
+      "$PY" -m pip download -q --no-deps stlpips-pytorch==0.0.2 -d "$tmp"
+      mkdir -p packs && unzip -q -j "$tmp"/*.whl '*/alex_shift_tolerant.pth' -d packs/
+      rm -rf "$tmp"
+    fi
+    carry+=("$LPIPS")
+  fi
+  git rev-parse --abbrev-ref HEAD > "$ORIG_FILE"
+  git switch -q -c device-tmp
+  drop=()
+  for d in assets/weights/*/; do
+    d=${d%/}; keep=0
+    for k in "${KEEP[@]}"; do [ "$d" = "assets/weights/$k" ] && keep=1; done
+    [ "$keep" = 1 ] || drop+=("$d")
+  done
+  if [ ${#drop[@]} -gt 0 ]; then
+    git rm -r -q "${drop[@]}"
+    git commit -q -m "device run: without the bundled weights it does not read (temporary; never merge)"
+  fi
+  used=$(tree_bytes)
+  for c in "${carry[@]}"; do used=$((used + $(du -sb "$c" | cut -f1))); done
+  avail=$(( LIMIT_MIB * 1048576 - used ))
+  # one 256-px crop is ~0.155 MiB compressed in a pack; build, then shrink while it does not fit
+  n=$(( avail / 170000 )); [ "$n" -gt 320 ] && n=320
+  [ "$n" -lt 60 ] && { restore; echo "only $(mib $avail) MiB left for the pack: too little" >&2; exit 1; }
+  while :; do
+    PACK=packs/device_x4_s256_n$n.npz
+    [ -f "$PACK" ] || "$PY" -m sr_core.training pack --out "$PACK" --n-crops "$n" --max-mib 60 >/dev/null
+    [ "$(stat -c %s "$PACK")" -le "$avail" ] && break
+    n=$(( n * 9 / 10 ))
+  done
+  carry=("$PACK" "${carry[@]}")
+  total=$(( used + $(stat -c %s "$PACK") ))
+  echo "== ready on branch device-tmp: $(mib "$total") MiB travel (limit 64), pack of $n crops"
+  echo "== the device call (the run tool):"
+  carry_json=$(printf '"%s",' "${carry[@]}"); carry_json="[${carry_json%,}]"
+  echo "  command:   bash scripts/device.sh train $issue"
+  echo "  carry:     $carry_json"
+  echo "  timeout_s: $TIMEOUT_S"
+  echo "== then: scripts/device.sh collect $issue <files_at>   (or scripts/device.sh restore if it failed)"
+  ;;
+
+train)
+  OUT=${OUT:?train runs on the device machine, where \$OUT is set (or set OUT for a dry run)}
+  DEVICE=${DEVICE:-cuda}
+  PY=${PY_DEVICE:-$( [ "$DEVICE" = cuda ] && echo python3 || echo "$PY" )}
+  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  PACK=$(ls -t packs/device_x4_*.npz 2>/dev/null | head -1 || true)
+  [ -n "$PACK" ] || PACK=packs/train_x4_s256_n320.npz
+  [ -f "$PACK" ] || { echo "no training pack under packs/ (carry the one prep built)" >&2; exit 1; }
+  [ -f "$LPIPS" ] && export SR_LPIPS_WEIGHTS=$PWD/$LPIPS
+  env_budgets=()
+  for i in "${!BUDGETS[@]}"; do
+    env_budgets+=("${BUDGETS[$i]}=$("$PY" -c "import sys; print(round(float(sys.argv[1]) * float(sys.argv[2]), 2))" "$GPU_MIN" "${SHARES[$i]}")")
+  done
+  echo "== $issue on $DEVICE: stages $TRAIN_STAGES, ${env_budgets[*]} (minutes), pack $PACK"
+  [ "$DEVICE" = cuda ] && { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; }
+  rc=0
+  env "${env_budgets[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
+    bash "$SCRIPT" || rc=$?
+  done_runs=()
+  for r in "${RUNS_OF[@]}"; do [ -f "$RUNS/$r/ckpt/last.pt" ] && done_runs+=("$RUNS/$r"); done
+  if [ ${#done_runs[@]} -gt 0 ]; then
+    echo "== handoff into \$OUT: ${done_runs[*]}"
+    "$PY" -m sr_core.training handoff "${done_runs[@]}" --out "$OUT" || rc=$?
+  fi
+  for r in "${done_runs[@]}"; do
+    [ -f "$r/train_info.json" ] && "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d['steps'], 'steps,', round(d['wall_seconds']/60, 2), 'min,', d['device'])" "$r/train_info.json"
+  done
+  exit $rc
+  ;;
+
+collect)
+  dir=${3:?collect ISSUE DIR: the folder the shards came back to (files_at)}
+  [ "$(git rev-parse --abbrev-ref HEAD)" = device-tmp ] && restore
+  DEVICE=cpu
+  "$PY" -m sr_core.training adopt "$dir" --runs "$RUNS"
+  [ "$issue" = sd ] && echo "(a new mini-sd: stablesr-mini was trained on the old one -- retrain it: scripts/device.sh prep stablesr)"
+  DEVICE=cpu RUNS="$RUNS" STAGES=${COLLECT_STAGES:-$COLLECT_DEFAULT} bash "$SCRIPT"
+  ;;
+
+restore)
+  restore
+  ;;
+
+*)
+  sed -n '2,32p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,109 @@
+"""Device handoff (sr_core/training/handoff.py): runs trained on a lent GPU come back as a few small shards
+(the device returns <= 8 files of < 16 MiB) and are rebuilt here into run folders that equal the originals
+for every tensor, export, and resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_core.training import handoff as H
+from sr_core.training.recipes import RECIPES, apply_overrides
+from sr_core.training.trainer import train
+from training_helpers import tiny_kit
+
+
+def _smoke(name, *extra):
+    from sr_core.training import recipes_resshift as RR
+
+    r = RECIPES[name] if name in RECIPES else RR.RESSHIFT_RECIPES[name]
+    return apply_overrides(r, list(r.smoke) + list(extra))
+
+
+CHAINS = {
+    "resshift": [("vqf4-mini", ()), ("resshift-mini", ("ae_from={vqf4-mini}",)),
+                 ("sinsr-mini", ("teacher_from={resshift-mini}",))],
+    "sd": [("mini-sd-vae", ("model.latent_channels=8",)),
+           ("mini-sd", ("vae_from={mini-sd-vae}", "model.latent_channels=8")),
+           ("osediff-mini", ("prior_from={mini-sd}", "model.latent_channels=8"))],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_handoff_round_trip_rebuilds_the_runs(chain, tmp_path, one_thread):
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    kw = dict(pack_path=kit["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    runs = {}
+    for name, extra in CHAINS[chain]:
+        out = tmp_path / "runs" / name
+        train(_smoke(name, *[e.format(**{k: str(v) for k, v in runs.items()}) for e in extra]), max_steps=2,
+              out=out, **kw)
+        runs[name] = out
+    originals = {n: torch.load(r / "ckpt" / "last.pt", weights_only=True) for n, r in runs.items()}
+    infos = {n: json.loads((r / "train_info.json").read_text()) for n, r in runs.items()}
+
+    dev_out = tmp_path / "OUT"
+    files = []
+    for i, (n, r) in enumerate(runs.items()):
+        files += H.write_handoff(r, dev_out, seq=i, max_mib=0.25, dtype="fp32")
+    assert all(p.stat().st_size < 0.25 * 2**20 for p in files) and len(files) > len(runs)  # sharded
+    # what training did not change (frozen priors, LPIPS, the fake score's base) does not travel
+    carried = sum(len(json.loads(H._meta(fs[0])["names"])) for fs in H.handoff_files(dev_out).values())
+    assert carried < sum(len(ck["ema"]) for ck in originals.values())
+
+    for r in runs.values():  # the device's run folders are gone; only the shards came back
+        shutil.rmtree(r)
+    found = H.handoff_files(dev_out)
+    assert set(found) == set(runs)
+    for name in sorted(found, key=lambda n: H.handoff_seq(found[n])):  # sources before the runs that use them
+        res = H.adopt_handoff(found[name], runs[name])
+        assert res["step"] == 2
+    for n, r in runs.items():
+        ck = torch.load(r / "ckpt" / "last.pt", weights_only=True)
+        ema = originals[n]["ema"]
+        assert set(ck["ema"]) == set(ema) and ck["step"] == 2 and ck["recipe"] == originals[n]["recipe"]
+        bad = [k for k in ema if not torch.equal(ck["ema"][k], ema[k])]
+        assert not bad, (n, bad[:5])
+        assert json.loads((r / "train_info.json").read_text()) == infos[n]
+    # an adopted run resumes (a fresh optimiser) and exports like any run
+    last_name, last_extra = CHAINS[chain][-1]
+    rec = _smoke(last_name, *[e.format(**{k: str(v) for k, v in runs.items()}) for e in last_extra])
+    logs = []
+    info = train(rec, max_steps=3, out=runs[last_name], resume=True, **{**kw, "log": logs.append})
+    assert info["steps"] == 3 and any("no optimiser state" in s for s in logs)
+
+
+def test_fp16_handoff_exports_the_same_bundle(tmp_path, one_thread):
+    """The default fp16 handoff halves the size; the adopted run's fp16 export equals the original's."""
+    from sr_core.training.export import export_run
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    run = tmp_path / "runs" / "rrdb-mini"
+    train(_smoke("rrdb-mini"), pack_path=kit["pack"], out=run, max_steps=2, device="cpu", mixed_precision="no",
+          val_dir=None, log=lambda s: None)
+    a = export_run(run, model_id="m", assets_dir=tmp_path / "w1", evaluate=False)
+    (fp16,) = H.write_handoff(run, tmp_path / "o16")
+    (fp32,) = H.write_handoff(run, tmp_path / "o32", dtype="fp32")
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    shutil.rmtree(run)
+    H.adopt_handoff([fp16], run)
+    b = export_run(run, model_id="m", assets_dir=tmp_path / "w2", evaluate=False)
+    # the same tensors and metadata (not the same bytes: safetensors writes its metadata map in hash order)
+    from safetensors import safe_open
+
+    fa, fb = (safe_open(str(Path(r["dir"]) / "model.safetensors"), "pt") for r in (a, b))
+    assert fa.metadata() == fb.metadata() and set(fa.keys()) == set(fb.keys())
+    assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+
+def test_incomplete_or_foreign_handoffs_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "x.00-of-02.safetensors"), metadata={"format": "sr_core-handoff-1"})
+    with pytest.raises(ValueError, match="did not come back"):
+        H.handoff_files(tmp_path)
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "x.01-of-02.safetensors"), metadata={"format": "other"})
+    with pytest.raises(ValueError, match="not the first shard"):
+        H.adopt_handoff(H.handoff_files(tmp_path)["x"][1:], tmp_path / "run")
