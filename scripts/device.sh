@@ -110,11 +110,14 @@ prep)
   # one 256-px crop is ~0.155 MiB compressed in a pack; build, then shrink while it does not fit
   n=$(( avail / 170000 )); [ "$n" -gt 320 ] && n=320
   [ "$n" -lt 60 ] && { restore; echo "only $(mib $avail) MiB left for the pack: too little" >&2; exit 1; }
+  rm -f packs/device_x4_*.npz  # train reads the newest one
   while :; do
     PACK=packs/device_x4_s256_n$n.npz
-    [ -f "$PACK" ] || "$PY" -m sr_core.training pack --out "$PACK" --n-crops "$n" --max-mib 60 >/dev/null
+    "$PY" -m sr_core.training pack --out "$PACK" --n-crops "$n" --max-mib 60 >/dev/null
     [ "$(stat -c %s "$PACK")" -le "$avail" ] && break
+    rm -f "$PACK"
     n=$(( n * 9 / 10 ))
+    [ "$n" -ge 60 ] || { restore; echo "no pack of >= 60 crops fits the $(mib $avail) MiB left" >&2; exit 1; }
   done
   carry=("$PACK" "${carry[@]}")
   total=$(( used + $(stat -c %s "$PACK") ))

@@ -50,6 +50,10 @@ def test_pack_builder(tiny, tmp_path):
     b1, b2, b3 = src.batch(5, 3), src.batch(5, 3), src.batch(6, 3)
     assert b1["hr"].shape == (3, 3, 24, 24) and b1["lr"].shape == (3, 3, 6, 6)
     assert torch.equal(b1["hr"], b2["hr"]) and not torch.equal(b1["hr"], b3["hr"])
+    # fewer crops than usable images (4 here): a seeded subset of images, one crop each
+    small = D.build_pack(tmp_path / "small.npz", D.default_folders(tiny["root"] / "train"), n_crops=2, hr_size=48,
+                         scale=4, seed=0)
+    assert small["n"] == 2 and D.load_pack(tmp_path / "small.npz").hr.shape[0] == 2
 
 
 def test_refuses_eval_paths(tiny, tmp_path):

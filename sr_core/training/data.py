@@ -87,7 +87,8 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
     """Write a training pack to `out` (.npz) and return its metadata.
 
     Crops are allocated to images in proportion to the number of non-overlapping crops each could
-    hold (at least one per image that is big enough; smaller images are skipped and counted).
+    hold (at least one per image that is big enough; smaller images are skipped and counted).  With
+    fewer crops than usable images, a seeded random subset of the images gives one crop each.
     Stored arrays: `hr` (N, hr_size, hr_size, 3) uint8, `lr` (N, hr_size/scale, ..., 3) uint8 made by
     MATLAB bicubic, `source` (N,) index into `meta['files']`, `meta` a JSON string.
     """
@@ -111,6 +112,8 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
     skipped = [str(files[i]) for i in range(len(files)) if i not in set(usable)]
     if not usable:
         raise ValueError(f"no image is at least {hr_size}x{hr_size}")
+    if n_crops < len(usable):  # a small pack (e.g. one that must travel to a lent GPU): a seeded subset of images
+        usable = [usable[i] for i in sorted(rng.choice(len(usable), size=n_crops, replace=False))]
     capacity = np.array([max(1.0, (sizes[i][0] / hr_size) * (sizes[i][1] / hr_size)) for i in usable])
     share = capacity / capacity.sum() * n_crops
     counts = np.maximum(1, np.floor(share)).astype(int)
