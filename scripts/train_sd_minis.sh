@@ -7,8 +7,10 @@
 #   DEVICE=cpu THREADS=2 scripts/train_sd_minis.sh
 #                                              # CPU variant: the settings of the bundled CPU-trained minis,
 #                                              # 55 + 16 + 50 min (BUDGET_*); undertrained -- a GPU is the route
-#   STAGES=vae,sd scripts/train_sd_minis.sh    # a subset (vae, sd, ose, export, eval, bench), e.g. to fit
-#                                              # calls of <= 10 min on a lent machine; runs/ stays between calls
+#   STAGES=vae,sd scripts/train_sd_minis.sh    # a subset (vae, sd, ose, export, eval, bench)
+#   scripts/device.sh prep sd                  # on a lent GPU machine (a few minutes, a 64 MiB tree, <= 8
+#                                              # files back): device.sh runs the training stages there and
+#                                              # export/eval/bench here (see its header)
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, STAGES, BUDGET_VAE / BUDGET_SD / BUDGET_OSE
 # (minutes per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps,

@@ -6,8 +6,10 @@
 #
 #   scripts/train_stablesr_mini.sh                           # GPU, one command (8 + 5 min training)
 #   DEVICE=cpu THREADS=1 scripts/train_stablesr_mini.sh      # CPU variant (the bundled one; undertrained)
-#   STAGES=sft,cfw scripts/train_stablesr_mini.sh            # on a lent GPU (no eval images there); then
+#   STAGES=sft,cfw scripts/train_stablesr_mini.sh            # on a GPU (no eval images there); then
 #   STAGES=export,eval scripts/train_stablesr_mini.sh        # here: export + the w-sweep (CPU)
+#   scripts/device.sh prep stablesr                          # a lent GPU machine (minutes, a 64 MiB tree,
+#                                                            # <= 8 files back): see scripts/device.sh
 #
 # The prior: PRIOR (default assets/weights/mini-sd, an exported mini-sd folder).  When the default folder is
 # absent and scripts/train_sd_minis.sh exists, it is trained first (STAGES=vae,sd of that script, same

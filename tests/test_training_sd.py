@@ -52,6 +52,7 @@ def test_perceptual_seeded_is_a_distance_with_gradients():
 
 def test_perceptual_weights_lookup_says_how(monkeypatch, tmp_path):
     monkeypatch.setenv(P.LPIPS_ENV, str(tmp_path / "missing.pth"))
+    monkeypatch.setattr(P, "LOCAL_LPIPS", tmp_path / "packs" / "alex_shift_tolerant.pth")
     monkeypatch.setattr(P.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="SR_LPIPS_WEIGHTS.*--no-deps stlpips-pytorch"):
         P.load_perceptual("auto")
@@ -63,6 +64,10 @@ def test_perceptual_weights_lookup_says_how(monkeypatch, tmp_path):
     monkeypatch.setattr(P.importlib.util, "find_spec",
                         lambda name: type("S", (), {"submodule_search_locations": [str(pkg)]})())
     assert P.resolve_lpips_weights() == pkg / P.LPIPS_FILE
+    # the repository's packs/ copy (where the README unzips it) comes before the package
+    P.LOCAL_LPIPS.parent.mkdir()
+    P.LOCAL_LPIPS.write_bytes(b"x")
+    assert P.resolve_lpips_weights() == P.LOCAL_LPIPS
     bad = tmp_path / "bad.pth"
     torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, bad)
     with pytest.raises(ValueError, match="missing net.slice1.0.weight"):

@@ -38,6 +38,8 @@ __all__ = ["ShiftTolerantLPIPS", "resolve_lpips_weights", "load_perceptual", "LP
 
 LPIPS_ENV = "SR_LPIPS_WEIGHTS"
 LPIPS_FILE = Path("weights") / "vST0.0" / "alex_shift_tolerant.pth"  # inside the stlpips_pytorch package
+# where the README (and scripts/device.sh prep) unzip it: the repository's git-ignored packs/ folder
+LOCAL_LPIPS = Path(__file__).resolve().parents[2] / "packs" / "alex_shift_tolerant.pth"
 CHANNELS = (64, 192, 384, 256, 256)  # AlexNet's five ReLU outputs
 _BLUR = torch.tensor([1.0, 2.0, 1.0])
 
@@ -176,10 +178,11 @@ class ShiftTolerantLPIPS(nn.Module):
 
 
 def resolve_lpips_weights(explicit: Optional[os.PathLike | str] = None) -> Path:
-    """The weight file: `explicit`, else $SR_LPIPS_WEIGHTS, else inside the installed stlpips_pytorch
-    package (found without importing it).  Raises FileNotFoundError saying how to provide it."""
+    """The weight file: `explicit`, else $SR_LPIPS_WEIGHTS, else packs/alex_shift_tolerant.pth in the
+    repository, else inside the installed stlpips_pytorch package (found without importing it).  Raises
+    FileNotFoundError saying how to provide it."""
     tried = []
-    for cand in (explicit, os.environ.get(LPIPS_ENV)):
+    for cand in (explicit, os.environ.get(LPIPS_ENV), LOCAL_LPIPS):
         if cand:
             p = Path(cand)
             if p.is_file():
