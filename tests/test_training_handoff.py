@@ -107,3 +107,20 @@ def test_incomplete_or_foreign_handoffs_are_refused(tmp_path):
     save_file({"a": torch.zeros(2)}, str(tmp_path / "x.01-of-02.safetensors"), metadata={"format": "other"})
     with pytest.raises(ValueError, match="not the first shard"):
         H.adopt_handoff(H.handoff_files(tmp_path)["x"][1:], tmp_path / "run")
+
+
+def test_device_script_usage_and_refusals(tmp_path):
+    """scripts/device.sh: usage without arguments, unknown issues and a train call outside a device refused."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device.sh"
+    run = lambda *a, **env: subprocess.run(["bash", str(script), *a], capture_output=True, text=True,  # noqa: E731
+                                           env={**os.environ, **env}, timeout=60)
+    r = run()
+    assert r.returncode == 2 and "prep ISSUE" in r.stdout and "collect ISSUE DIR" in r.stdout
+    r = run("train", "nosuch")
+    assert r.returncode == 2 and "unknown issue" in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    r = subprocess.run(["bash", str(script), "train", "resshift"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "OUT" in r.stderr

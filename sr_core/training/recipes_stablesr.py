@@ -472,7 +472,8 @@ STABLESR_RECIPES: dict[str, Recipe] = {
         name="stablesr-cfw-mini",
         description=("StableSR stage 2 (CFW) on the frozen mini-sd VAE: the fusion layers learn to pull the "
                      "decoded image to HR at w = 1 from latents with the stage-1 model's errors (one-shot x0 "
-                     "predictions from t in [200, 999]); L1 + 0.1 shift-tolerant LPIPS; bicubic x4 pairs."),
+                     "predictions from t in [200, 999]); L1 + lambda_lpips x shift-tolerant LPIPS (0.1 by default); "
+                     "bicubic x4 pairs."),
         model_config=json.loads(json.dumps(_DEFAULTS)), stage="cfw", stage1_from="runs/stablesr-mini", scale=4, batch_size=16, patch_lr=32, max_steps=10000,
         lr=1e-4, lr_min=1e-5, warmup_steps=200, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,
         degradation=_BICUBIC, ckpt_every=1000, log_every=20, val_every=0, val_limit=2,
