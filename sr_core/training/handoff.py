@@ -11,8 +11,8 @@ rebuilds the run folder from it:
 A handoff of run R is `R.NN-of-MM.safetensors` shards (each under `max_mib`), holding the EMA tensors that
 training changed -- every parameter that is trainable in a freshly built model of the run's recipe, plus
 any tensor that differs from that fresh build -- in fp16 by default (what the bundles store; fp32 on
-request), and in the first shard's metadata the
-run's recipe, step, wall time, train_info.json and log.csv.  Everything else (frozen networks, LPIPS) is
+request), and in the first shard's metadata the run's recipe, step, wall time, train_info.json and
+log.csv.  Everything else (frozen networks, LPIPS) is
 rebuilt by `recipe.build_model()` from the same sources as in training, so `adopt` needs those sources
 here under the same paths (the recipes name them relative to the repository: adopt the runs in the order
 they were trained, e.g. vqf4-mini before resshift-mini).  The adopted `ckpt/last.pt` holds model = ema =
