@@ -338,7 +338,7 @@ class Handlers:
             "description": gr.update(value=describe(info, avail)),
             "steps": (gr.update(visible=True, minimum=steps.min, maximum=steps.max, value=steps.default)
                       if steps is not None and not steps.fixed else gr.update(visible=False)),
-            "fidelity": gr.update(visible=info.supports_fidelity, value=DEFAULTS.fidelity),
+            "fidelity": gr.update(visible=info.supports_fidelity, value=info.default_fidelity),
             "seed_row": gr.update(visible=info.uses_seed),
             "tile_row": gr.update(visible=tiles),
             "tile": gr.update(value=info.default_tile),
@@ -364,7 +364,7 @@ class Handlers:
         return {
             "scale": gr.update(value=p.get("scale", info.default_scale)),
             "steps": gr.update(value=steps) if steps is not None else gr.update(),
-            "fidelity": gr.update(value=p.get("fidelity", DEFAULTS.fidelity)),
+            "fidelity": gr.update(value=p.get("fidelity", info.default_fidelity)),
             "seed": gr.update(value=p["seed"]) if "seed" in p else gr.update(),
             "tile": gr.update(value=p.get("tile") or info.default_tile),
             "overlap": gr.update(value=p.get("tile_overlap", DEFAULTS.tile_overlap)),
@@ -417,7 +417,8 @@ class Handlers:
             scale=_as_int(scale, "scale", info.default_scale),
             steps=(None if fixed or steps is None or steps == "" or _as_int(steps, "steps") <= 0
                    else _as_int(steps, "steps")),
-            fidelity=_as_float(fidelity, "fidelity", DEFAULTS.fidelity) if info.supports_fidelity else DEFAULTS.fidelity,
+            fidelity=(_as_float(fidelity, "fidelity", info.default_fidelity) if info.supports_fidelity
+                      else DEFAULTS.fidelity),
             seed=seed_v,
             tile=_as_int(tile, "tile size", 0) if tiles else 0,
             tile_overlap=_as_int(overlap, "tile overlap", DEFAULTS.tile_overlap) if tiles else DEFAULTS.tile_overlap,

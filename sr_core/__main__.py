@@ -40,7 +40,7 @@ def _method_options(p: argparse.ArgumentParser) -> None:
 def _settings_from(args, info) -> Settings:
     from .presets import apply_preset
 
-    s = Settings(scale=info.default_scale)
+    s = Settings(scale=info.default_scale, fidelity=info.default_fidelity)
     if args.preset:
         s = apply_preset(s, info.id, args.preset)
     for field, attr in (("scale", "scale"), ("steps", "steps"), ("seed", "seed"), ("tile", "tile"),

@@ -76,6 +76,7 @@ class MethodInfo:
     default_scale: int = 4
     steps: Optional[StepsSpec] = None  # None: not a sampler (no steps slider)
     supports_fidelity: bool = False  # accepts a fidelity-realism weight w in [0, 1]
+    default_fidelity: float = 0.5  # the w the app and the CLI start from (Settings() itself keeps 0.5)
     uses_seed: bool = False  # output depends on the seed
     supports_prompt: bool = False  # accepts a text prompt (Settings.prompt)
     tiling_space: TilingSpace = "none"  # "pixel": the facade tiles the LR; "latent": the method tiles itself

@@ -165,6 +165,20 @@ def test_method_change_sets_visibility(h):
     assert LOCKED_REASON in locked["description"]["value"]
 
 
+def test_fidelity_starts_at_the_methods_default(h):
+    """A method may open at another w than 0.5 (stablesr-mini opens at 1: its w = 0 end is not usable yet): the
+    slider, a preset without w and a run with the field cleared all take the method's default."""
+    import dataclasses
+
+    core = h.core
+    core._methods = [(dataclasses.replace(i, default_fidelity=1.0) if i.id == "sampler" else i, a)
+                     for i, a in core._methods]
+    assert h.on_method_change("sampler", 4)["fidelity"]["value"] == 1.0
+    assert h.on_preset("sampler", "fast")["fidelity"]["value"] == 1.0  # "fast" names no w
+    run(h, fidelity=None)
+    assert core.calls[-1][1].fidelity == 1.0
+
+
 def test_preset_fills_controls(h):
     fast = h.on_preset("sampler", "fast")
     assert set(fast) == set(app.PRESET_FIELDS)

@@ -40,6 +40,30 @@ def test_bundles_are_intact_and_share_the_prior():
     assert not (ASSETS_WEIGHTS / "stablesr-mini" / "unet").exists()
 
 
+def test_stablesr_mini_opens_at_its_measured_default_w():
+    """The export writes default_fidelity from the bundle's sweep; the method, the CLI and the app start there."""
+    import argparse
+
+    from sr_core.__main__ import _settings_from
+    from sr_core.training.recipes_stablesr import default_fidelity
+
+    cfg = json.loads((ASSETS_WEIGHTS / "stablesr-mini" / "config.json").read_text())
+    assert cfg["default_fidelity"] == default_fidelity(cfg["eval_x4_w_sweep"])
+    info = default_registry().get("stablesr-mini").info
+    assert info.default_fidelity == cfg["default_fidelity"]
+    args = argparse.Namespace(preset=None, scale=None, steps=None, seed=None, tile=None, tile_overlap=None,
+                              fidelity=None, color_fix=None, device=None)
+    assert _settings_from(args, info).fidelity == info.default_fidelity
+    assert _settings_from(argparse.Namespace(**{**vars(args), "fidelity": 0.25}), info).fidelity == 0.25
+    row = lambda w0, bic: {"0": {"psnr_y": w0}, "bicubic": {"psnr_y": bic}}  # noqa: E731
+    assert default_fidelity({"BSD100": row(14.5, 25.96)}) == 1.0
+    assert default_fidelity({"BSD100": row(25.2, 25.96), "Set5": row(10.0, 28.0)}) == 0.5  # BSD100 decides
+    assert default_fidelity({}) == 0.5
+    from sr_core.methods.stablesr import StableSR
+
+    assert StableSR("official").info.default_fidelity == 0.5  # the official scripts' --dec_w 0.5
+
+
 def test_osediff_and_stablesr_minis_serve():
     reg = default_registry()
     assert "mini-sd" not in reg.ids()  # a prior, not a method

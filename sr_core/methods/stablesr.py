@@ -369,6 +369,8 @@ class StableSR:
             cfg_path = self.bundle / "config.json"
             cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
             default_steps, max_steps = int(cfg.get("default_steps", 20)), int(cfg.get("timesteps", 1000))
+            # a bundle whose realism end is not usable yet opens at w = 1 (written by the export from its sweep)
+            default_w = float(cfg.get("default_fidelity", 0.5))
             specs: tuple[WeightSpec, ...] = (self.spec,)
             label = "StableSR mini (fidelity w)"
             desc = ("StableSR's time-aware encoder, SFT and CFW decoder on the project's small latent diffusion "
@@ -383,7 +385,7 @@ class StableSR:
             self.cfw_spec = WeightSpec(key="cfw", filename="vqgan_cfw_00011.ckpt", hf_repo=HF_REPO, env=CFW_ENV,
                                        size_mb=960, licence=LICENCE)
             self.weights_explicit, self.cfw_explicit = weights, cfw_weights
-            max_steps = 1000
+            max_steps, default_w = 1000, 0.5  # the official scripts' --dec_w 0.5
             specs = (self.spec, self.cfw_spec)
             label = "StableSR (SD-2.1, fidelity w)" if variant == "official" else "StableSR turbo (4 steps)"
             desc = ("Stable Diffusion 2.1 steered by the LR (Wang et al. 2023): time-aware encoder + SFT, "
@@ -391,8 +393,8 @@ class StableSR:
             licence = LICENCE
         self.info = MethodInfo(
             id=mid, label=label, description=desc, scales=(4,), default_scale=4,
-            steps=StepsSpec(1, max_steps, default_steps), supports_fidelity=True, uses_seed=True,
-            tiling_space="latent", default_tile=2 * DEFAULT_LATENT_TILE, size_multiple=8,
+            steps=StepsSpec(1, max_steps, default_steps), supports_fidelity=True, default_fidelity=default_w,
+            uses_seed=True, tiling_space="latent", default_tile=2 * DEFAULT_LATENT_TILE, size_multiple=8,
             default_color_fix="adain", licence=licence, weights=specs, family="diffusion")
 
     # ---- resolution

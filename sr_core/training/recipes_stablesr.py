@@ -56,7 +56,7 @@ from .degradations import DegradationMix
 from .recipes import Recipe
 
 __all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP", "build_net", "zero_init_sft",
-           "export_stablesr_run", "w_sweep", "sweep_checks"]
+           "export_stablesr_run", "w_sweep", "sweep_checks", "default_fidelity"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
@@ -315,6 +315,15 @@ def w_sweep(bundle_dir, hr_dir, *, limit: Optional[int] = None, method_id: str =
     return out
 
 
+def default_fidelity(sweep: dict) -> float:
+    """The w the app and CLI open a bundle at: 1 when its realism end measured more than 1 dB under bicubic
+    (BSD100, else the first set swept) -- w = 0 is not usable yet -- else the official 0.5."""
+    by_w = sweep.get("BSD100") or next(iter(sweep.values()), None)
+    if by_w and by_w["0"]["psnr_y"] < by_w["bicubic"]["psnr_y"] - 1.0:
+        return 1.0
+    return 0.5
+
+
 def sweep_checks(by_w: dict, ws=W_SWEEP) -> dict:
     """The issue's three conditions on one set's sweep: PSNR(w=1) - PSNR(w=0) >= 0.5 dB, PSNR rising
     monotonically over `ws`, PSNR(w=1) above bicubic."""
@@ -373,6 +382,7 @@ def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, a
             if hr.is_dir():
                 sweep[name] = w_sweep(dest, hr, limit=eval_limit or None, method_id=model_id)
     bundle_cfg["eval_x4_w_sweep"] = sweep
+    bundle_cfg["default_fidelity"] = default_fidelity(sweep)
     (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
     digest = sha256_file(wpath)
     (dest / "SHA256SUMS").write_text(f"{digest}  {MINI_WEIGHTS_FILE}\n")
@@ -441,6 +451,9 @@ Bicubic = MATLAB-style bicubic, the same protocol.
 {table}
 
 {chr(10).join(checks) if checks else ''}
+
+The app and `sr_core upscale` open this bundle at w = {cfg.get('default_fidelity', 0.5):g}{
+' (its w = 0 end measures more than 1 dB under bicubic: not usable yet)' if cfg.get('default_fidelity', 0.5) == 1.0 else ''}.
 
 Exported {time.strftime('%Y-%m-%d')}.
 """
