@@ -51,6 +51,7 @@ def test_stablesr_mini_opens_at_its_measured_default_w():
     assert cfg["default_fidelity"] == default_fidelity(cfg["eval_x4_w_sweep"])
     info = default_registry().get("stablesr-mini").info
     assert info.default_fidelity == cfg["default_fidelity"]
+    assert ("Opens at w = 1" in info.description) == (info.default_fidelity == 1.0)
     args = argparse.Namespace(preset=None, scale=None, steps=None, seed=None, tile=None, tile_overlap=None,
                               fidelity=None, color_fix=None, device=None)
     assert _settings_from(args, info).fidelity == info.default_fidelity

@@ -375,6 +375,8 @@ class StableSR:
             label = "StableSR mini (fidelity w)"
             desc = ("StableSR's time-aware encoder, SFT and CFW decoder on the project's small latent diffusion "
                     "prior (mini-sd); same code as the official model.")
+            if default_w == 1.0:
+                desc += " Opens at w = 1: this bundle's realism end (w near 0) is not usable yet (see its model card)."
             licence = "code MIT; weights trained by this project (see the model card)"
         else:
             fname, default_steps, size = VARIANTS[variant]
