@@ -5,13 +5,17 @@
 # the machine's start included; <= 10 min per command; the working tree that travels (tracked files +
 # carried paths) <= 64 MiB -- the bundled weights alone are ~88 MB; <= 8 files of < 16 MiB come back from
 # $OUT; no ../shared and no network there; its python3 has torch/accelerate/peft/safetensors/einops but
-# not diffusers.  So one issue per lent session, one call, ~5 min of training:
+# not diffusers.  So one call of a few minutes' training -- of one issue, or of two side by side on the one GPU
+# (ISSUE = resshift,sd: the chains are strings of small kernels that leave most of an H200 idle; their
+# handoffs fit $OUT together, 8 files / 56 MiB):
 #
 #   scripts/device.sh prep ISSUE          here: a training pack sized to fit, the wheels in .whl/, the LPIPS
 #                                         weights in packs/, and a temporary branch `device-tmp` without the
 #                                         bundled weights the run does not read; prints the `run` call
-#   scripts/device.sh train ISSUE         there (the command prep prints): the issue's training stages with
-#                                         GPU budgets that end inside the call, then their handoff into $OUT
+#   scripts/device.sh train ISSUE         there (the command prep prints): a preflight (every recipe at smoke
+#                                         size, 2 steps on the GPU: a device-only fault ends the call in
+#                                         seconds), the issue's training stages with GPU budgets that end
+#                                         inside the call, then their handoff into $OUT
 #                                         (sr_core/training/handoff.py: only what training changed, sharded)
 #   scripts/device.sh collect ISSUE DIR   here: back to your branch, `adopt` the shards in DIR (the call's
 #                                         files_at) into runs/, then export + eval (+ bench) on the CPU with
@@ -21,10 +25,13 @@
 # ISSUE: resshift (#4: vqf4-mini -> resshift-mini -> sinsr-mini, scripts/train_resshift_minis.sh),
 #        sd (#7: mini-sd-vae -> mini-sd -> osediff-mini, scripts/train_sd_minis.sh; a new mini-sd means
 #        stablesr-mini must be retrained on it: the stablesr issue next), stablesr (#6: stablesr-mini and
-#        its CFW on the bundled mini-sd, scripts/train_stablesr_mini.sh).
+#        its CFW on the bundled mini-sd, scripts/train_stablesr_mini.sh); or two of them, comma-separated, in
+#        order of priority (if their handoffs do not fit $OUT together, the first one's alone comes back);
+#        sd and stablesr not together (stablesr trains on the mini-sd that sd replaces).
 # Knobs: GPU_MIN (training minutes in all, default 4.5; split over the stages as below), TIMEOUT_S (the
 # call's limit printed by prep, default 420: ~7 min leaves a rerun inside 15 min), DEVICE (train: cuda;
-# cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT (passed to the issue's script), PY.
+# cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
+# script), CHAIN_THREADS (CPU threads per chain when two run; default nproc / 2), PY.
 # A dry run of the whole path on this CPU (tiny budgets, no device; prep/restore are not needed):
 #   export RUNS=/tmp/dry/runs ASSETS=/tmp/dry/weights EVAL_LIMIT=2
 #   OUT=/tmp/dry/out DEVICE=cpu GPU_MIN=0.6 scripts/device.sh train resshift && COLLECT_STAGES=export \
@@ -41,19 +48,35 @@ LPIPS=packs/alex_shift_tolerant.pth
 ORIG_FILE=.git/device-orig-branch
 RUNS=${RUNS:-runs}
 
-case "$issue" in
-  resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
-            KEEP=(); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.25 0.45 0.30); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
-            COLLECT_DEFAULT=export,eval,bench ;;
-  sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
-            KEEP=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
-            COLLECT_DEFAULT=export,eval,bench ;;
-  stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
-            KEEP=(mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
-            COLLECT_DEFAULT=export,eval ;;
-  "")       [ "$cmd" = restore ] || { sed -n '2,32p' "$0"; exit 2; } ;;
-  *)        echo "unknown issue '$issue' (resshift, sd, stablesr)" >&2; exit 2 ;;
-esac
+# one issue's settings (conf ISSUE): its script, stages, runs, needs and stage shares of GPU_MIN
+conf() {
+  case "$1" in
+    resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
+              KEEP=(); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+              COLLECT_DEFAULT=export,eval,bench ;;
+    sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
+              KEEP=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
+              COLLECT_DEFAULT=export,eval,bench ;;
+    stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
+              KEEP=(mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
+              COLLECT_DEFAULT=export,eval ;;
+    *)        echo "unknown issue '$1' (resshift, sd, stablesr)" >&2; exit 2 ;;
+  esac
+}
+IFS=, read -r -a ISSUES <<< "$issue"
+if [ ${#ISSUES[@]} -eq 0 ]; then
+  [ "$cmd" = restore ] || { sed -n '2,45p' "$0"; exit 2; }
+fi
+for i in "${ISSUES[@]}"; do conf "$i"; done
+if [[ ",$issue," == *",sd,"* && ",$issue," == *",stablesr,"* ]]; then
+  echo "sd and stablesr cannot share a call: stablesr trains on the bundled mini-sd, which sd replaces" >&2; exit 2
+fi
+# the union of the issues' needs (prep) and their runs in training order (handoff, collect)
+ALL_KEEP=(); ALL_RUNS=(); ANY_LPIPS=0; ANY_WHEELS=0
+for i in "${ISSUES[@]}"; do
+  conf "$i"; ALL_KEEP+=("${KEEP[@]}"); ALL_RUNS+=("${RUNS_OF[@]}")
+  [ "$NEED_LPIPS" = 1 ] && ANY_LPIPS=1; [ "$NEED_WHEELS" = 1 ] && ANY_WHEELS=1
+done
 
 mib() { "$PY" -c "import sys; print(f'{int(sys.argv[1]) / 2**20:.1f}')" "$1"; }
 tree_bytes() { git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
@@ -75,7 +98,7 @@ prep)
   [ -f "$ORIG_FILE" ] && { echo "a device branch is active ($(cat "$ORIG_FILE") -> device-tmp): restore first" >&2; exit 1; }
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   carry=()
-  if [ "$NEED_WHEELS" = 1 ]; then
+  if [ "$ANY_WHEELS" = 1 ]; then
     mkdir -p .whl
     ls .whl/diffusers-0.42.1-*.whl >/dev/null 2>&1 && ls .whl/importlib_metadata-*.whl >/dev/null 2>&1 || \
       "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -83,7 +106,7 @@ prep)
         "importlib_metadata==$("$PY" -c 'import importlib.metadata as m; print(m.version("importlib_metadata"))')"
     carry+=(.whl)
   fi
-  if [ "$NEED_LPIPS" = 1 ]; then
+  if [ "$ANY_LPIPS" = 1 ]; then
     if [ ! -f "$LPIPS" ]; then
       tmp=$(mktemp -d)
       "$PY" -m pip download -q --no-deps stlpips-pytorch==0.0.2 -d "$tmp"
@@ -97,7 +120,7 @@ prep)
   drop=()
   for d in assets/weights/*/; do
     d=${d%/}; keep=0
-    for k in "${KEEP[@]}"; do [ "$d" = "assets/weights/$k" ] && keep=1; done
+    for k in "${ALL_KEEP[@]}"; do [ "$d" = "assets/weights/$k" ] && keep=1; done
     [ "$keep" = 1 ] || drop+=("$d")
   done
   if [ ${#drop[@]} -gt 0 ]; then
@@ -124,7 +147,11 @@ prep)
   echo "== ready on branch device-tmp: $(mib "$total") MiB travel (limit 64), pack of $n crops"
   echo "== the device call (the run tool):"
   carry_json=$(printf '"%s",' "${carry[@]}"); carry_json="[${carry_json%,}]"
-  echo "  command:   bash scripts/device.sh train $issue"
+  knobs="GPU_MIN=$GPU_MIN"
+  for v in EXTRA_VQ EXTRA_RS EXTRA_SIN EXTRA_VAE EXTRA_SD EXTRA_OSE EXTRA_SFT EXTRA_CFW; do
+    [ -n "${!v:-}" ] && knobs+=" $v='${!v}'"
+  done
+  echo "  command:   $knobs bash scripts/device.sh train $issue"
   echo "  carry:     $carry_json"
   echo "  timeout_s: $TIMEOUT_S"
   echo "== then: scripts/device.sh collect $issue <files_at>   (or scripts/device.sh restore if it failed)"
@@ -142,24 +169,49 @@ train)
   [ -n "$PACK" ] || PACK=packs/train_x4_s256_n320.npz
   [ -f "$PACK" ] || { echo "no training pack under packs/ (carry the one prep built)" >&2; exit 1; }
   [ -f "$LPIPS" ] && export SR_LPIPS_WEIGHTS=$PWD/$LPIPS
-  env_budgets=()
-  for i in "${!BUDGETS[@]}"; do
-    env_budgets+=("${BUDGETS[$i]}=$("$PY" -c "import sys; print(round(float(sys.argv[1]) * float(sys.argv[2]), 2))" "$GPU_MIN" "${SHARES[$i]}")")
-  done
-  echo "== $issue on $DEVICE: stages $TRAIN_STAGES, ${env_budgets[*]} (minutes), pack $PACK"
+  export PYTHONUNBUFFERED=1
   [ "$DEVICE" = cuda ] && { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true; }
+  # seconds: every recipe of the chains at smoke size on the device, so a device-only fault ends the call
+  # now, not minutes into a stage
+  t0=$(date +%s)
+  "$PY" -m sr_core.training preflight "${ISSUES[@]}" --pack "$PACK" --device "$DEVICE" || {
+    echo "== preflight failed after $(( $(date +%s) - t0 )) s: nothing trained" >&2; exit 1; }
+  # the issues' chains side by side (one GPU holds them all; each is a string of small kernels), each
+  # stage ending at its share of GPU_MIN; a chain that hangs is stopped GPU_MIN + 2 min in
+  chain() {
+    conf "$1"
+    local env_budgets=() i
+    for i in "${!BUDGETS[@]}"; do
+      env_budgets+=("${BUDGETS[$i]}=$("$PY" -c "import sys; print(round(float(sys.argv[1]) * float(sys.argv[2]), 2))" "$GPU_MIN" "${SHARES[$i]}")")
+    done
+    echo "== $1 on $DEVICE: stages $TRAIN_STAGES, ${env_budgets[*]} (minutes), pack $PACK"
+    env "${env_budgets[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
+      ${CHAIN_THREADS:+THREADS=$CHAIN_THREADS} timeout "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 120))" "$GPU_MIN")" \
+      bash "$SCRIPT" 2>&1 | sed -u "s/^/[$1] /"
+  }
+  [ ${#ISSUES[@]} -gt 1 ] && CHAIN_THREADS=${CHAIN_THREADS:-$(( $(nproc) / ${#ISSUES[@]} ))}
+  pids=()
+  for i in "${ISSUES[@]}"; do chain "$i" & pids+=($!); done
   rc=0
-  env "${env_budgets[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
-    bash "$SCRIPT" || rc=$?
+  for k in "${!pids[@]}"; do wait "${pids[$k]}" || { echo "== ${ISSUES[$k]}: its script ended with an error" >&2; rc=1; }; done
   done_runs=()
-  for r in "${RUNS_OF[@]}"; do [ -f "$RUNS/$r/ckpt/last.pt" ] && done_runs+=("$RUNS/$r"); done
+  for r in "${ALL_RUNS[@]}"; do [ -f "$RUNS/$r/ckpt/last.pt" ] && done_runs+=("$RUNS/$r"); done
   if [ ${#done_runs[@]} -gt 0 ]; then
     echo "== handoff into \$OUT: ${done_runs[*]}"
-    "$PY" -m sr_core.training handoff "${done_runs[@]}" --out "$OUT" || rc=$?
+    if ! "$PY" -m sr_core.training handoff "${done_runs[@]}" --out "$OUT"; then
+      # too much for $OUT together: the first issue's runs alone (the order given is the priority)
+      rm -f "$OUT"/*.safetensors
+      conf "${ISSUES[0]}"; first=()
+      for r in "${RUNS_OF[@]}"; do [ -f "$RUNS/$r/ckpt/last.pt" ] && first+=("$RUNS/$r"); done
+      echo "== handoff of ${ISSUES[0]} alone: ${first[*]}"
+      [ ${#first[@]} -gt 0 ] && "$PY" -m sr_core.training handoff "${first[@]}" --out "$OUT"
+      rc=1
+    fi
   fi
   for r in "${done_runs[@]}"; do
     [ -f "$r/train_info.json" ] && "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d['steps'], 'steps,', round(d['wall_seconds']/60, 2), 'min,', d['device'])" "$r/train_info.json"
   done
+  echo "== device call: $(( $(date +%s) - t0 )) s after the preflight began"
   exit $rc
   ;;
 
@@ -168,8 +220,11 @@ collect)
   [ "$(git rev-parse --abbrev-ref HEAD)" = device-tmp ] && restore
   DEVICE=cpu
   "$PY" -m sr_core.training adopt "$dir" --runs "$RUNS"
-  [ "$issue" = sd ] && echo "(a new mini-sd: stablesr-mini was trained on the old one -- retrain it: scripts/device.sh prep stablesr)"
-  DEVICE=cpu RUNS="$RUNS" STAGES=${COLLECT_STAGES:-$COLLECT_DEFAULT} bash "$SCRIPT"
+  for i in "${ISSUES[@]}"; do
+    conf "$i"
+    [ "$i" = sd ] && echo "(a new mini-sd: stablesr-mini was trained on the old one -- retrain it: scripts/device.sh prep stablesr)"
+    DEVICE=cpu RUNS="$RUNS" STAGES=${COLLECT_STAGES:-$COLLECT_DEFAULT} bash "$SCRIPT"
+  done
   ;;
 
 restore)
@@ -177,5 +232,5 @@ restore)
   ;;
 
 *)
-  sed -n '2,32p' "$0"; exit 2 ;;
+  sed -n '2,45p' "$0"; exit 2 ;;
 esac

@@ -124,3 +124,35 @@ def test_device_script_usage_and_refusals(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     r = subprocess.run(["bash", str(script), "train", "resshift"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "OUT" in r.stderr
+
+
+def test_preflight_runs_each_chain_on_the_device_and_names_a_failure(tmp_path, one_thread, monkeypatch):
+    """`python -m sr_core.training preflight`: every recipe of a chain at smoke size, chained, then handed
+    off -- and a fault names the recipe at once (what a lent GPU run checks before its budgets start)."""
+    from sr_core.training import preflight as P
+    from sr_core.training import trainer as T
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    work = tmp_path / "pre"
+    times = P.preflight(["resshift"], kit["pack"], device="cpu", mixed_precision="no", workdir=work,
+                        log=lambda s: None)
+    assert list(times) == ["vqf4-mini", "resshift-mini", "sinsr-mini"]
+    for name in times:  # chained: each stage trained 2 steps and was handed off
+        assert json.loads((work / "resshift" / name / "train_info.json").read_text())["steps"] == 2
+    assert set(H.handoff_files(work / "resshift" / "handoff")) == set(times)
+    # the teacher of the preflight's sinsr-mini is the preflight's own resshift-mini
+    rec = json.loads((work / "resshift" / "sinsr-mini" / "train_info.json").read_text())["recipe"]
+    assert rec["teacher_from"] == str(work / "resshift" / "resshift-mini")
+
+    with pytest.raises(ValueError, match="unknown chain"):
+        P.preflight(["nope"], kit["pack"], device="cpu")
+    real = T.train
+
+    def broken(recipe, **kw):
+        if recipe.name == "resshift-mini":
+            raise RuntimeError("Expected all tensors to be on the same device")
+        return real(recipe, **kw)
+
+    monkeypatch.setattr(T, "train", broken)
+    with pytest.raises(RuntimeError, match="recipe resshift-mini failed on cpu(.|\n)*same device"):
+        P.preflight(["resshift"], kit["pack"], device="cpu", mixed_precision="no", log=lambda s: None)

@@ -8,6 +8,9 @@
     python -m sr_core.training handoff RUN_DIR... --out DIR     (on a lent GPU: what training changed, in
                                                                  <= 8 files of < 16 MiB for $OUT)
     python -m sr_core.training adopt DIR [--runs runs]          (here: rebuild those run folders from it)
+    python -m sr_core.training preflight CHAIN... --pack FILE [--device cuda]
+                                                                (a lent GPU: every recipe of the chains at smoke
+                                                                 size for 2 steps there, before the real run)
 
 Multi-GPU / multi-node: `accelerate launch -m sr_core.training RECIPE ...`.  Mirrors the workflow of
 the official repos' train scripts (config -> trainer -> checkpoint) with recipes kept as code.
@@ -142,7 +145,7 @@ def _train_main(name: str, argv: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: python -m sr_core.training {list | pack ... | export RUN ... | handoff RUN... --out DIR | "
-             "adopt DIR | RECIPE ...}\n"
+             "adopt DIR | preflight CHAIN... | RECIPE ...}\n"
              f"recipes: {', '.join(sorted(RECIPES))}")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -160,6 +163,10 @@ def main(argv=None) -> int:
         return _handoff_main(rest)
     if cmd == "adopt":
         return _adopt_main(rest)
+    if cmd == "preflight":
+        from .preflight import main as preflight_main
+
+        return preflight_main(rest)
     if cmd in RECIPES:
         return _train_main(cmd, rest)
     print(f"unknown recipe or command {cmd!r}\n{usage}", file=sys.stderr)
