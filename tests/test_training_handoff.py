@@ -98,6 +98,30 @@ def test_fp16_handoff_exports_the_same_bundle(tmp_path, one_thread):
     assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
 
 
+def test_values_past_fp16_travel_in_fp32(tmp_path, one_thread):
+    """vqf4-mini counts code hits in a buffer that passed 65504 in the first GPU run and failed that call's
+    whole fp16 handoff; such a tensor now travels in fp32, the rest in fp16."""
+    from safetensors import safe_open
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    run = tmp_path / "runs" / "vqf4-mini"
+    train(_smoke("vqf4-mini"), pack_path=kit["pack"], out=run, max_steps=2, device="cpu", mixed_precision="no",
+          val_dir=None, log=lambda s: None)
+    ck = torch.load(run / "ckpt" / "last.pt", weights_only=True)
+    (hits,) = [k for k in ck["ema"] if k.endswith("code_hits")]
+    ck["ema"][hits] = torch.full_like(ck["ema"][hits], 296311.0)
+    torch.save(ck, run / "ckpt" / "last.pt")
+    (shard,) = H.write_handoff(run, tmp_path / "out")
+    with safe_open(str(shard), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes.pop(hits) == torch.float32
+    assert {d for d in dtypes.values() if d.is_floating_point} == {torch.float16}  # (and integer buffers)
+    shutil.rmtree(run)
+    H.adopt_handoff([shard], run)
+    back = torch.load(run / "ckpt" / "last.pt", weights_only=True)["ema"][hits]
+    assert torch.equal(back, ck["ema"][hits])
+
+
 def test_incomplete_or_foreign_handoffs_are_refused(tmp_path):
     from safetensors.torch import save_file
 
@@ -121,6 +145,10 @@ def test_device_script_usage_and_refusals(tmp_path):
     assert r.returncode == 2 and "prep ISSUE" in r.stdout and "collect ISSUE DIR" in r.stdout
     r = run("train", "nosuch")
     assert r.returncode == 2 and "unknown issue" in r.stderr
+    r = run("train", "resshift,nosuch")
+    assert r.returncode == 2 and "unknown issue 'nosuch'" in r.stderr
+    r = run("prep", "sd,stablesr")  # stablesr trains on the mini-sd that sd replaces
+    assert r.returncode == 2 and "cannot share a call" in r.stderr
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     r = subprocess.run(["bash", str(script), "train", "resshift"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "OUT" in r.stderr

@@ -11,9 +11,9 @@ rebuilds the run folder from it:
 A handoff of run R is `R.NN-of-MM.safetensors` shards (each under `max_mib`), holding the EMA tensors that
 training changed -- every parameter that is trainable in a freshly built model of the run's recipe, plus
 any tensor that differs from that fresh build -- in fp16 by default (what the bundles store; fp32 on
-request), and in the first shard's metadata the run's recipe, step, wall time, train_info.json and
-log.csv.  Everything else (frozen networks, LPIPS) is
-rebuilt by `recipe.build_model()` from the same sources as in training, so `adopt` needs those sources
+request; a tensor with values past fp16's range, such as vqf4-mini's code-hit counter, travels in fp32),
+and in the first shard's metadata the run's recipe, step, wall time, train_info.json and log.csv.
+Everything else (frozen networks, LPIPS) is rebuilt by `recipe.build_model()` from the same sources as in training, so `adopt` needs those sources
 here under the same paths (the recipes name them relative to the repository: adopt the runs in the order
 they were trained, e.g. vqf4-mini before resshift-mini).  The adopted `ckpt/last.pt` holds model = ema =
 the carried weights and no optimiser state: `export`, the scripts' export/eval stages and the methods
@@ -87,7 +87,9 @@ def write_handoff(run_dir, out_dir, *, name: Optional[str] = None, max_mib: floa
         src = ema[n].detach()
         t = src.to(dt).contiguous() if src.is_floating_point() else src.contiguous()
         if t.is_floating_point() and not torch.isfinite(t).all() and torch.isfinite(src).all():
-            raise ValueError(f"{run_dir}: {n} overflows {dtype}; write the handoff in fp32")
+            # a value past fp16's range (a running counter such as vqf4-mini's code_hits): this tensor travels
+            # in fp32, so one statistic does not cost the call its whole handoff
+            t = src.to(torch.float32).contiguous()
         b = t.numel() * t.element_size() + len(n) + 96
         if b > limit:
             raise ValueError(f"{run_dir}: tensor {n} alone is {b / 2**20:.1f} MiB > {max_mib} MiB")
