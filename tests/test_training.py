@@ -142,3 +142,28 @@ def test_cli_list_pack_and_overrides(tiny, tmp_path, capsys):
     assert r.lr == 5e-4 and r.model_config["nf"] == 16 and r.degradation.p_realesrgan == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         apply_overrides(r, ["no_such_field=1"])
+
+
+def test_warmup_ends_by_steps_or_by_progress_whichever_first():
+    """A time-budgeted run on a lent GPU made 534 steps of a recipe with 500 warm-up steps: the LR peaked at
+    step 500 and the cosine (over time) was already at its end.  The warm-up now also ends once
+    `warmup_frac` of the run has passed; recorded runs without the field keep the step-only warm-up."""
+    import math
+
+    from sr_core.training.export import recipe_from_dict
+
+    r = apply_overrides(get_recipe("mini-sd"), ["lr=2e-4", "lr_min=1e-5", "warmup_steps=500"])
+    assert r.warmup_frac == 0.05
+    cos = lambda p: 1e-5 + 0.5 * (2e-4 - 1e-5) * (1 + math.cos(math.pi * p))  # noqa: E731
+    assert r.lr_at(0, 0.0) == pytest.approx(2e-4 / 500)
+    assert r.lr_at(10, 0.01) == pytest.approx(2e-4 * 0.2)  # 1 % of the run: 20 % warm (steps alone: 2.2 %)
+    assert r.lr_at(100, 0.5) == pytest.approx(cos(0.5))  # warm-up over by progress, cosine at mid-run
+    assert r.lr_at(600, 0.02) == pytest.approx(cos(0.02))  # over by steps
+    lrs = [r.lr_at(s, s / 1000) for s in range(0, 51)]
+    assert all(b >= a for a, b in zip(lrs, lrs[1:]))  # rises without a jump through the first 5 %
+    d = r.to_dict()
+    assert recipe_from_dict(d).warmup_frac == 0.05
+    del d["warmup_frac"]  # a run recorded before the field
+    old = recipe_from_dict(d)
+    assert old.warmup_frac == 0 and old.lr_at(10, 0.5) == pytest.approx(2e-4 * 11 / 500)
+    assert "first 5% of the run" in r.warmup_text() and "first" not in old.warmup_text()

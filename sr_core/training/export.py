@@ -48,6 +48,8 @@ def recipe_from_dict(d: dict) -> Recipe:
                 sets.append(f"{k}={','.join(str(x) for x in v)}")
         elif hasattr(base, k) and getattr(base, k) != v:
             sets.append(f"{k}={v}")
+    if "warmup_frac" not in d:  # recorded before the field existed: the warm-up counted steps alone
+        sets.append("warmup_frac=0")
     for k, v in (d.get("model_config") or {}).items():
         sets.append(f"model.{k}={json.dumps(v)}")
     deg = d.get("degradation") or {}
@@ -163,7 +165,7 @@ def _card(model_id: str, recipe: Recipe, info: dict, config: dict, figures: dict
 
 ## Training
 - Recipe: `{recipe.name}` (`{type(recipe).__module__.replace('.', '/')}.py`): {text['objective']};
-  lr {recipe.lr:g} with {recipe.warmup_steps} warm-up steps and cosine decay to {recipe.lr_min:g},
+  lr {recipe.lr:g} with {recipe.warmup_text()} and cosine decay to {recipe.lr_min:g},
   gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g}, batch {recipe.batch_size}, LR patch
   {recipe.patch_lr} px (HR {recipe.patch_lr * recipe.scale} px), seed {recipe.seed}.
 - Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}{', time budget ' + str(info.get('time_budget_min')) + ' min' if info.get('time_budget_min') else ''}){partial}.

@@ -38,7 +38,8 @@ class Recipe:
     max_steps: int = 10000  # optimiser steps
     lr: float = 2e-4  # peak learning rate (Adam)
     lr_min: float = 1e-6  # learning rate at the end of the cosine decay
-    warmup_steps: int = 0  # linear warm-up from 0
+    warmup_steps: int = 0  # linear warm-up from 0 ...
+    warmup_frac: float = 0.05  # ... which also ends once this fraction of the run (progress) has passed
     betas: tuple = (0.9, 0.99)  # Adam betas
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
@@ -74,11 +75,25 @@ class Recipe:
 
     # -- generic ------------------------------------------------------------------------------
     def lr_at(self, step: int, progress: float) -> float:
-        """Linear warm-up for `warmup_steps`, then cosine from `lr` to `lr_min` over progress in [0, 1]."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
+        """Linear warm-up, then cosine from `lr` to `lr_min` over progress in [0, 1].
+
+        The warm-up ends after `warmup_steps` steps or `warmup_frac` of the run's progress, whichever comes
+        first: a time-budgeted run makes however many steps its device allows, and a step count sized for
+        a long run (500) once took 500 of a GPU run's 534 steps, which then annealed at once."""
         p = min(max(progress, 0.0), 1.0)
+        if self.warmup_steps and step < self.warmup_steps:
+            w = (step + 1) / self.warmup_steps
+            if self.warmup_frac > 0:
+                w = max(w, p / self.warmup_frac)
+            if w < 1:
+                return self.lr * w
         return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * p))
+
+    def warmup_text(self) -> str:
+        """The warm-up as the model cards state it."""
+        if self.warmup_frac and self.warmup_steps:
+            return f"{self.warmup_steps} warm-up steps (or the first {self.warmup_frac:.0%} of the run, if sooner)"
+        return f"{self.warmup_steps} warm-up steps"
 
     def to_dict(self) -> dict:
         d = {}

@@ -632,6 +632,8 @@ def _recipe_from_dict(d: dict) -> Recipe:
                 sets.append(f"{k}={','.join(str(x) for x in v)}")
         elif getattr(base, k) != v:
             sets.append(f"{k}={v}")
+    if "warmup_frac" not in d:  # recorded before the field existed: the warm-up counted steps alone
+        sets.append("warmup_frac=0")
     r = apply_overrides(base, sets)
     import dataclasses
 
@@ -772,7 +774,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
 
 ## Training
 - Recipe `{recipe.name}` (`sr_core/training/recipes_resshift.py`). {objective}
-- Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_steps} warm-up steps, cosine to
+- Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_text()}, cosine to
   {recipe.lr_min:g}, gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g} (exported: {extra['which']}),
   batch {recipe.batch_size}, LR patch {recipe.patch_lr} px (HR {recipe.patch_lr * recipe.scale}), seed {recipe.seed}.
 - Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}){partial}; device

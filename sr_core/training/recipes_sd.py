@@ -1056,7 +1056,7 @@ PSNR gain over bicubic: {gain}.
 
 ## Training
 - Recipe `{recipe.name}` (`sr_core/training/recipes_sd.py`): {objective}.
-- Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_steps} warm-up steps, cosine to
+- Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_text()}, cosine to
   {recipe.lr_min:g}, gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g} (exported: {meta['which']}).
 - Run: {_run_line(info, recipe)}.
 - Data: {_data_line(info)}
