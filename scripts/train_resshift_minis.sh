@@ -12,7 +12,7 @@
 #                                              # machine use scripts/device.sh, which runs the training
 #                                              # stages there within its limits and the rest here
 #
-# Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
+# Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
 # THREADS (CPU threads), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
 # EVAL_LIMIT (images per eval set; 0 = all), ASSETS (bundle root, default assets/weights; the
@@ -47,7 +47,12 @@ if [ "$DEVICE" = "cpu" ]; then
   CPU_SIN=(--set batch_size=4 --set warmup_steps=20 --set val_every=0)
 else
   BUDGET_VQ=${BUDGET_VQ:-5}; BUDGET_RS=${BUDGET_RS:-8}; BUDGET_SIN=${BUDGET_SIN:-7}
-  CPU_VQ=(); CPU_RS=(); CPU_SIN=()
+  # GPU: batch x BATCH_SCALE (default 4; lr x its square root).  The first lent H200 run (2026-11-30, recipe
+  # batches) trained at 6 it/s (resshift-mini, batch 64) and 1 it/s (sinsr-mini): a few percent of the
+  # FLOPs the recipes allow -- the step is bound by ~10^4 kernel launches (`python -m sr_core.training
+  # profile RECIPE` counts them), so a larger batch costs little more time per step.  Not yet measured at
+  # x4: the first call of a lent session can check it with `profile RECIPE --device cuda --random-sources`.
+  G=(--batch-scale "${BATCH_SCALE:-4}"); CPU_VQ=("${G[@]}"); CPU_RS=("${G[@]}"); CPU_SIN=("${G[@]}")
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")

@@ -12,7 +12,7 @@
 #                                              # files back): device.sh runs the training stages there and
 #                                              # export/eval/bench here (see its header)
 #
-# Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, STAGES, BUDGET_VAE / BUDGET_SD / BUDGET_OSE
+# Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES, BUDGET_VAE / BUDGET_SD / BUDGET_OSE
 # (minutes per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps,
 # time/budget)), THREADS, PY, EXTRA_VAE / EXTRA_SD / EXTRA_OSE (more `--set key=value` args, e.g.
 # EXTRA_OSE="--set lambda_lpips=2 --set lambda_vsd=1" for the paper's weights or "--set
@@ -72,7 +72,12 @@ if [ "$DEVICE" = "cpu" ]; then
            --set val_every=0)
 else
   BUDGET_VAE=${BUDGET_VAE:-5}; BUDGET_SD=${BUDGET_SD:-7}; BUDGET_OSE=${BUDGET_OSE:-7}
-  CPU_VAE=(); CPU_SD=(); CPU_OSE=()
+  # GPU: batch x BATCH_SCALE (default 4; lr x its square root).  The first lent H200 run (2026-11-30, recipe
+  # batches) trained at 6 it/s (resshift-mini, batch 64) and 1 it/s (sinsr-mini): a few percent of the
+  # FLOPs the recipes allow -- the step is bound by ~10^4 kernel launches (`python -m sr_core.training
+  # profile RECIPE` counts them), so a larger batch costs little more time per step.  Not yet measured at
+  # x4: the first call of a lent session can check it with `profile RECIPE --device cuda --random-sources`.
+  G=(--batch-scale "${BATCH_SCALE:-4}"); CPU_VAE=("${G[@]}"); CPU_SD=("${G[@]}"); CPU_OSE=("${G[@]}")
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")

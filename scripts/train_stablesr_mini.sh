@@ -15,7 +15,7 @@
 # absent and scripts/train_sd_minis.sh exists, it is trained first (STAGES=vae,sd of that script, same
 # DEVICE/PACK/RUNS/THREADS) and exported without figures.
 #
-# Knobs (environment): DEVICE (auto|cuda|cpu), PACK, RUNS, STAGES (sft, cfw, export, eval), BUDGET_SFT /
+# Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES (sft, cfw, export, eval), BUDGET_SFT /
 # BUDGET_CFW (minutes; the recipes' max_steps 20000 / 10000 also end a stage), THREADS, PY, PRIOR,
 # EXTRA_SFT / EXTRA_CFW (more `--set key=value`), EVAL_LIMIT (images per set in the export's sweep; 0 = all),
 # EVAL_ROOT (default ../shared/data/eval; the export always reads that one), EVAL_SETS_CLI (sets of the
@@ -56,7 +56,13 @@ if [ "$DEVICE" = "cpu" ]; then
   BUDGET_SFT=${BUDGET_SFT:-99}; BUDGET_CFW=${BUDGET_CFW:-80}
   CPU_SFT=(--set batch_size=8); CPU_CFW=(--set batch_size=4 --set lambda_lpips=0)
 else
-  BUDGET_SFT=${BUDGET_SFT:-8}; BUDGET_CFW=${BUDGET_CFW:-5}; CPU_SFT=(); CPU_CFW=()
+  # GPU: batch x BATCH_SCALE (default 4; lr x its square root).  The first lent H200 run (2026-11-30, recipe
+  # batches) trained at 6 it/s (resshift-mini, batch 64) and 1 it/s (sinsr-mini): a few percent of the
+  # FLOPs the recipes allow -- the step is bound by ~10^4 kernel launches (`python -m sr_core.training
+  # profile RECIPE` counts them), so a larger batch costs little more time per step.  Not yet measured at
+  # x4: the first call of a lent session can check it with `profile RECIPE --device cuda --random-sources`.
+  BUDGET_SFT=${BUDGET_SFT:-8}; BUDGET_CFW=${BUDGET_CFW:-5}
+  G=(--batch-scale "${BATCH_SCALE:-4}"); CPU_SFT=("${G[@]}"); CPU_CFW=("${G[@]}")
 fi
 COMMON=(--pack "$PACK" --device "$DEVICE" --no-val)
 [ -n "$THREADS" ] && COMMON+=(--threads "$THREADS")

@@ -167,3 +167,15 @@ def test_warmup_ends_by_steps_or_by_progress_whichever_first():
     old = recipe_from_dict(d)
     assert old.warmup_frac == 0 and old.lr_at(10, 0.5) == pytest.approx(2e-4 * 11 / 500)
     assert "first 5% of the run" in r.warmup_text() and "first" not in old.warmup_text()
+
+
+def test_batch_scale_multiplies_the_batch_and_scales_the_lr_by_its_root():
+    from sr_core.training.__main__ import scale_batch
+
+    r = get_recipe("resshift-mini")
+    s = scale_batch(r, 4)
+    assert s.batch_size == 4 * r.batch_size
+    assert s.lr == pytest.approx(2 * r.lr) and s.lr_min == pytest.approx(2 * r.lr_min)
+    assert scale_batch(r, 1) is r
+    with pytest.raises(ValueError):
+        scale_batch(r, 0)

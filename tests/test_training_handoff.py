@@ -184,3 +184,37 @@ def test_preflight_runs_each_chain_on_the_device_and_names_a_failure(tmp_path, o
     monkeypatch.setattr(T, "train", broken)
     with pytest.raises(RuntimeError, match="recipe resshift-mini failed on cpu(.|\n)*same device"):
         P.preflight(["resshift"], kit["pack"], device="cpu", mixed_precision="no", log=lambda s: None)
+
+
+def test_profile_times_each_phase_of_a_real_step(tmp_path, one_thread):
+    """`python -m sr_core.training profile`: the phases of a step, the unsynchronised step and the op count
+    (the figures that showed the first GPU run was bound by launches, not arithmetic)."""
+    from sr_core.training import profile as PR
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    res = PR.profile_recipe(_smoke("resshift-mini", "ae_from="), kit["pack"], device="cpu", steps=2, warmup=1,
+                            mixed_precision="no")
+    assert set(res["phases_ms"]) == set(PR.PHASES) and all(v >= 0 for v in res["phases_ms"].values())
+    assert res["phases_ms"]["forward"] > 0 and res["step_ms"] > 0 and res["it_per_s"] > 0
+    assert res["kernels_per_step"] > 100 and res["kernel_kind"] == "aten ops"
+
+
+def test_fused_ema_equals_the_per_tensor_update():
+    from sr_core.training.trainer import ema_update
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+    ema = __import__("copy").deepcopy(net)
+    ref = __import__("copy").deepcopy(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+        net[1].running_mean.add_(1.0)
+    ema_update(ema, net, 0.9)
+    with torch.no_grad():
+        for e, p in zip(ref.parameters(), net.parameters()):
+            e.lerp_(p, 0.1)
+        for e, b in zip(ref.buffers(), net.buffers()):
+            e.copy_(b)
+    for (k, a), b in zip(ema.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-7), k

@@ -4,6 +4,7 @@
     python -m sr_core.training pack [--out packs/train_x4.npz] [--folders DIR ...] [--n-crops 320] [--seed 0]
     python -m sr_core.training RECIPE [--pack FILE] [--out DIR] [--max-steps N] [--resume] [--device auto|cpu|cuda]
                                       [--mixed-precision auto|no|bf16|fp16] [--time-budget MIN] [--set key=value ...]
+                                      [--batch-scale K]
     python -m sr_core.training export RUN_DIR [--id rrdb-mini] [--dtype fp16|fp32] [--no-eval]
     python -m sr_core.training handoff RUN_DIR... --out DIR     (on a lent GPU: what training changed, in
                                                                  <= 8 files of < 16 MiB for $OUT)
@@ -11,6 +12,8 @@
     python -m sr_core.training preflight CHAIN... --pack FILE [--device cuda]
                                                                 (a lent GPU: every recipe of the chains at smoke
                                                                  size for 2 steps there, before the real run)
+    python -m sr_core.training profile RECIPE [--device cuda] [--random-sources] [--steps 10]
+                                                                (ms per phase of a training step, it/s, kernels)
 
 Multi-GPU / multi-node: `accelerate launch -m sr_core.training RECIPE ...`.  Mirrors the workflow of
 the official repos' train scripts (config -> trainer -> checkpoint) with recipes kept as code.
@@ -109,6 +112,20 @@ def _adopt_main(argv: list[str]) -> int:
     return 0
 
 
+def scale_batch(recipe, k: float):
+    """`recipe` with batch size x k (rounded, >= 1) and lr, lr_min x sqrt(k) (Adam's usual square-root rule)."""
+    import dataclasses
+    import math
+
+    if k == 1:
+        return recipe
+    if k <= 0:
+        raise ValueError(f"--batch-scale must be > 0, not {k}")
+    bs = max(1, int(round(recipe.batch_size * k)))
+    f = math.sqrt(bs / recipe.batch_size)
+    return dataclasses.replace(recipe, batch_size=bs, lr=recipe.lr * f, lr_min=recipe.lr_min * f)
+
+
 def _train_main(name: str, argv: list[str]) -> int:
     from .trainer import train
 
@@ -125,8 +142,11 @@ def _train_main(name: str, argv: list[str]) -> int:
     ap.add_argument("--no-val", action="store_true", help="skip Set5 validation")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe field (lr=5e-4, model.nf=16, degradation.realesrgan=0.5)")
+    ap.add_argument("--batch-scale", type=float, default=1.0,
+                    help="K: batch size x K and lr, lr_min x sqrt(K), after --set (a GPU whose step is bound by "
+                         "kernel launches trains K times the samples per second for about the same step time)")
     a = ap.parse_args(argv)
-    recipe = apply_overrides(get_recipe(name), a.set)
+    recipe = scale_batch(apply_overrides(get_recipe(name), a.set), a.batch_scale)
     pack = Path(a.pack)
     if not pack.exists():
         from .data import build_pack
@@ -145,7 +165,7 @@ def _train_main(name: str, argv: list[str]) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = ("usage: python -m sr_core.training {list | pack ... | export RUN ... | handoff RUN... --out DIR | "
-             "adopt DIR | preflight CHAIN... | RECIPE ...}\n"
+             "adopt DIR | preflight CHAIN... | profile RECIPE | RECIPE ...}\n"
              f"recipes: {', '.join(sorted(RECIPES))}")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -167,6 +187,10 @@ def main(argv=None) -> int:
         from .preflight import main as preflight_main
 
         return preflight_main(rest)
+    if cmd == "profile":
+        from .profile import main as profile_main
+
+        return profile_main(rest)
     if cmd in RECIPES:
         return _train_main(cmd, rest)
     print(f"unknown recipe or command {cmd!r}\n{usage}", file=sys.stderr)
