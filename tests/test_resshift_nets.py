@@ -260,3 +260,26 @@ def test_autoencoder_norm_groups_knob_keeps_the_parameters():
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert not torch.allclose(a.decode(a.encode(x)), b.decode(b.encode(x)))
+
+
+def test_codebook_search_is_fp32_under_bf16_autocast():
+    """Training runs under bf16 autocast; the nearest-code search expands ||z - e||^2 into terms that cancel,
+    and in bf16 it picks other codes than the fp32 inference does.  It now runs in fp32 whatever the
+    autocast state."""
+    from sr_core.nets.vqgan import VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(1024, 3)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.randn(1024, 3) * 0.05 + 2.0)
+    z = torch.randn(2, 3, 8, 8) * 0.05 + 2.0
+    ref = vq.indices(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        e = vq.embedding.weight  # what the search did before: its matmul in bf16
+        old = (flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * (flat @ e.t())).argmin(dim=1)
+        new = vq.indices(z)
+        zq, _, idx = vq(z)
+    assert (old != ref).float().mean() > 0.5  # the bf16 search was mostly wrong on such codes
+    assert torch.equal(new, ref) and torch.equal(idx, ref)
+    assert torch.equal(zq, vq.embedding(ref).view(2, 8, 8, 3).permute(0, 3, 1, 2))

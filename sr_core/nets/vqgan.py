@@ -258,8 +258,12 @@ class VectorQuantizer(nn.Module):
         """(B, C, H, W) -> (B*H*W,) code indices (row-major over b, h, w)."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.e_dim)
         e = self.embedding.weight
-        # ||z||^2 + ||e||^2 - 2 z.e, in upstream's order of operations so ties break the same way
-        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * (flat @ e.t())
+        # in fp32 even under autocast (training in bf16): the expansion below cancels large terms, and bf16's
+        # 8-bit mantissa would pick other codes than the fp32 inference does
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat, e = flat.float(), e.float()
+            # ||z||^2 + ||e||^2 - 2 z.e, in upstream's order of operations so ties break the same way
+            d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * (flat @ e.t())
         return d.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
