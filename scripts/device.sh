@@ -28,6 +28,8 @@
 #        its CFW on the bundled mini-sd, scripts/train_stablesr_mini.sh); or two of them, comma-separated, in
 #        order of priority (if their handoffs do not fit $OUT together, the first one's alone comes back);
 #        sd and stablesr not together (stablesr trains on the mini-sd that sd replaces).
+# resshift and sd warm-start from the bundled resshift-mini / mini-sd (autoencoder + UNet; the bundle travels,
+# so the pack is smaller): the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.
 # Knobs: GPU_MIN (training minutes in all, default 4.5; split over the stages as below), TIMEOUT_S (the
 # call's limit printed by prep, default 420: ~7 min leaves a rerun inside 15 min), DEVICE (train: cuda;
 # cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
@@ -52,16 +54,17 @@ RUNS=${RUNS:-runs}
 conf() {
   case "$1" in
     resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
-              KEEP=(); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+              KEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
               COLLECT_DEFAULT=export,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
-              KEEP=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
+              KEEP=(mini-sd); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
               COLLECT_DEFAULT=export,eval,bench ;;
     stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
-              KEEP=(mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
+              KEEP=(mini-sd); WARM=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
               COLLECT_DEFAULT=export,eval ;;
     *)        echo "unknown issue '$1' (resshift, sd, stablesr)" >&2; exit 2 ;;
   esac
+  if [ "${COLD:-0}" = 1 ] && [ ${#WARM[@]} -gt 0 ]; then WARM=(); KEEP=(); fi  # the kept bundle was the warm start
 }
 IFS=, read -r -a ISSUES <<< "$issue"
 if [ ${#ISSUES[@]} -eq 0 ]; then
@@ -148,7 +151,7 @@ prep)
   echo "== the device call (the run tool):"
   carry_json=$(printf '"%s",' "${carry[@]}"); carry_json="[${carry_json%,}]"
   knobs="GPU_MIN=$GPU_MIN"
-  for v in EXTRA_VQ EXTRA_RS EXTRA_SIN EXTRA_VAE EXTRA_SD EXTRA_OSE EXTRA_SFT EXTRA_CFW; do
+  for v in COLD BATCH_SCALE EXTRA_VQ EXTRA_RS EXTRA_SIN EXTRA_VAE EXTRA_SD EXTRA_OSE EXTRA_SFT EXTRA_CFW; do
     [ -n "${!v:-}" ] && knobs+=" $v='${!v}'"
   done
   echo "  command:   $knobs bash scripts/device.sh train $issue"
@@ -185,7 +188,7 @@ train)
       env_budgets+=("${BUDGETS[$i]}=$("$PY" -c "import sys; print(round(float(sys.argv[1]) * float(sys.argv[2]), 2))" "$GPU_MIN" "${SHARES[$i]}")")
     done
     echo "== $1 on $DEVICE: stages $TRAIN_STAGES, ${env_budgets[*]} (minutes), pack $PACK"
-    env "${env_budgets[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
+    env "${env_budgets[@]}" "${WARM[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
       ${CHAIN_THREADS:+THREADS=$CHAIN_THREADS} timeout "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 120))" "$GPU_MIN")" \
       bash "$SCRIPT" 2>&1 | sed -u "s/^/[$1] /"
   }

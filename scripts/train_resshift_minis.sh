@@ -14,7 +14,7 @@
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
-# THREADS (CPU threads), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
+# THREADS (CPU threads), INIT_FROM (warm start, see below), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
 # EVAL_LIMIT (images per eval set; 0 = all), ASSETS (bundle root, default assets/weights; the
 # `sr_core eval/bench` calls read the default location).
 #
@@ -56,6 +56,10 @@ else
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
+# warm start: INIT_FROM=a resshift-mini bundle or run -> vqf4-mini continues from its autoencoder and
+# resshift-mini from its UNet (a lent GPU's minutes then build on the bundled weights instead of restarting)
+INIT_VQ=(); INIT_RS=()
+if [ -n "${INIT_FROM:-}" ]; then INIT_VQ=(--set "init_from=$INIT_FROM"); INIT_RS=(--set "init_from=$INIT_FROM"); fi
 TRAIN=("$PY" -m sr_core.training)   # the kit's CLI; recipes_resshift registers these recipes
 RR=("$PY" -m sr_core.training.resshift_cli)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -68,12 +72,13 @@ fi
 if has vq; then
   echo "== stage 1: vqf4-mini"
   "${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-mini" --device "$DEVICE" --no-val \
-    --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" ${EXTRA_VQ:-}
+    --time-budget "$BUDGET_VQ" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" "${INIT_VQ[@]}" ${EXTRA_VQ:-}
 fi
 if has rs; then
   echo "== stage 2: resshift-mini (frozen vqf4-mini)"
   "${TRAIN[@]}" resshift-mini --pack "$PACK" --out "$RUNS/resshift-mini" --device "$DEVICE" \
-    --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_RS[@]}" ${EXTRA_RS:-}
+    --set ae_from="$RUNS/vqf4-mini" --time-budget "$BUDGET_RS" "${THREAD_ARGS[@]}" "${CPU_RS[@]}" "${INIT_RS[@]}" \
+    ${EXTRA_RS:-}
 fi
 if has sin; then
   echo "== stage 3: sinsr-mini (distilled from resshift-mini)"

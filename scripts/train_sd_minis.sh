@@ -14,7 +14,7 @@
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES, BUDGET_VAE / BUDGET_SD / BUDGET_OSE
 # (minutes per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps,
-# time/budget)), THREADS, PY, EXTRA_VAE / EXTRA_SD / EXTRA_OSE (more `--set key=value` args, e.g.
+# time/budget)), THREADS, INIT_FROM (warm start, see below), PY, EXTRA_VAE / EXTRA_SD / EXTRA_OSE (more `--set key=value` args, e.g.
 # EXTRA_OSE="--set lambda_lpips=2 --set lambda_vsd=1" for the paper's weights or "--set
 # degradation.realesrgan=1" for its real-world degradations), EVAL_LIMIT (images per eval set; 0 = all),
 # EVAL_ROOT (default ../shared/data/eval; export/eval are skipped for sets that are absent), ASSETS
@@ -81,6 +81,10 @@ else
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
+# warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet
+# (osediff-mini's LoRA starts afresh on the new prior)
+INIT_VAE=(); INIT_SD=()
+if [ -n "${INIT_FROM:-}" ]; then INIT_VAE=(--set "init_from=$INIT_FROM"); INIT_SD=(--set "init_from=$INIT_FROM"); fi
 TRAIN=("$PY" -m sr_core.training)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 
@@ -107,12 +111,13 @@ fi
 if has vae; then
   echo "== stage 1: mini-sd-vae (AutoencoderKL, L1 + LPIPS + KL)"
   "${TRAIN[@]}" mini-sd-vae --pack "$PACK" --out "$RUNS/mini-sd-vae" --device "$DEVICE" --no-val \
-    --time-budget "$BUDGET_VAE" "${THREAD_ARGS[@]}" "${CPU_VAE[@]}" ${EXTRA_VAE:-}
+    --time-budget "$BUDGET_VAE" "${THREAD_ARGS[@]}" "${CPU_VAE[@]}" "${INIT_VAE[@]}" ${EXTRA_VAE:-}
 fi
 if has sd; then
   echo "== stage 2: mini-sd (latent DDPM on the frozen mini-sd-vae)"
   "${TRAIN[@]}" mini-sd --pack "$PACK" --out "$RUNS/mini-sd" --device "$DEVICE" --no-val \
-    --set vae_from="$RUNS/mini-sd-vae" --time-budget "$BUDGET_SD" "${THREAD_ARGS[@]}" "${CPU_SD[@]}" ${EXTRA_SD:-}
+    --set vae_from="$RUNS/mini-sd-vae" --time-budget "$BUDGET_SD" "${THREAD_ARGS[@]}" "${CPU_SD[@]}" "${INIT_SD[@]}" \
+    ${EXTRA_SD:-}
 fi
 if has ose; then
   echo "== stage 3: osediff-mini (LoRA generator, MSE + LPIPS + VSD on the frozen mini-sd)"

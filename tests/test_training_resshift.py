@@ -189,3 +189,36 @@ def test_three_stages_export_and_serve(tiny, tmp_path):
     assert unet["out.2.weight"].dtype == torch.float16
     torch.testing.assert_close(unet["out.2.weight"].float(), ema3["unet.out.2.weight"], atol=1e-3, rtol=1e-3)
     assert torch.equal(ae["quantize.embedding.weight"], ema3["ae.quantize.embedding.weight"])
+
+
+def test_warm_start_from_a_run_keeps_its_weights_and_codebook(tiny, tmp_path):
+    """init_from: vqf4-mini continues from a trained autoencoder (no data-dependent codebook re-init) and
+    resshift-mini from a trained UNet -- what a lent GPU's few minutes build on (the bundles' CPU weights)."""
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq = tmp_path / "vq"
+    train(_smoke("vqf4-mini"), max_steps=3, out=vq, **kw)
+    rs_run = tmp_path / "rs"
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    src_vq = torch.load(vq / "ckpt" / "last.pt", weights_only=True)["ema"]
+    src_rs = torch.load(rs_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+
+    warm = _smoke("vqf4-mini", (f"init_from={vq}",))
+    m = warm.build_model()
+    assert all(p.requires_grad for p in m.ae.parameters()) and int(m.steps_seen) == 1
+    for k, v in m.state_dict().items():
+        if k.startswith("ae."):
+            assert torch.equal(v, src_vq[k]), k
+    # a step at lr 0 leaves the codebook as it was (a cold start would re-seed it from encoder outputs)
+    out = tmp_path / "vq_warm"
+    train(_smoke("vqf4-mini", (f"init_from={vq}", "lr=0", "lr_min=0")), max_steps=1, out=out, **kw)
+    emb = "ae.quantize.embedding.weight"
+    assert torch.equal(torch.load(out / "ckpt" / "last.pt", weights_only=True)["model"][emb], src_vq[emb])
+
+    m = _smoke("resshift-mini", (f"ae_from={vq}", f"init_from={rs_run}")).build_model()
+    assert all(p.requires_grad for p in m.unet.parameters())
+    for k, v in m.state_dict().items():
+        if k.startswith("unet."):
+            assert torch.equal(v, src_rs[k]), k
+    bad = _smoke("resshift-mini", (f"ae_from={vq}", f"init_from={rs_run}", "model.model_channels=64"))
+    with pytest.raises(Exception, match="does not fit"):  # another UNet config: refused, not half-loaded
+        bad.build_model()

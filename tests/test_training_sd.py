@@ -206,3 +206,33 @@ def test_three_stages_export_and_osediff_mini(kit, tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "ASSETS_WEIGHTS", assets)
     ids = registry._build_default().ids()
     assert "osediff-mini" in ids and "mini-sd" not in ids
+
+
+def test_warm_start_from_runs_and_from_the_exported_folder(kit, tmp_path):
+    """init_from: mini-sd-vae continues from a trained VAE and mini-sd from a trained UNet, read from runs or
+    from an exported mini-sd folder (what a lent GPU's minutes build on: the bundled CPU-trained prior)."""
+    from sr_core.training.export import export_run
+
+    kw = dict(pack_path=kit["pack"], max_steps=2, device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vae_run, sd_run = tmp_path / "vae", tmp_path / "sd"
+    train(_smoke("mini-sd-vae"), out=vae_run, **kw)
+    train(_smoke("mini-sd", f"vae_from={vae_run}"), out=sd_run, **kw)
+    vae_ema = torch.load(vae_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+    sd_ema = torch.load(sd_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+    folder = Path(export_run(sd_run, assets_dir=tmp_path / "assets", evaluate=False)["dir"])
+
+    for src in (vae_run, sd_run, folder):
+        m = _smoke("mini-sd-vae", f"init_from={src}").build_model()
+        assert all(p.requires_grad for p in m.vae.parameters())
+        for k, v in m.state_dict().items():
+            if k.startswith("vae."):
+                assert torch.equal(v, vae_ema[k]), (src, k)
+    for src, tol in ((sd_run, 0.0), (folder, 1e-3)):  # the folder stores the UNet in fp16
+        m = _smoke("mini-sd", f"vae_from={vae_run}", f"init_from={src}").build_model()
+        assert all(p.requires_grad for p in m.unet.parameters())
+        for k, v in m.state_dict().items():
+            if k.startswith("unet."):
+                torch.testing.assert_close(v, sd_ema[k].float(), atol=tol, rtol=tol, msg=f"{src} {k}")
+    # a warm-started stage trains and records where it started
+    info = train(_smoke("mini-sd-vae", f"init_from={folder}"), out=tmp_path / "vae2", **kw)
+    assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)

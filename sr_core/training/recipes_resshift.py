@@ -203,12 +203,16 @@ class VQTrainer(_HasConfig):
         self.restart_every, self.restart_until = int(restart_every), int(restart_until)
         self.register_buffer("code_hits", torch.zeros(ae.quantize.n_e))
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
+        self._step: Optional[int] = None  # steps_seen on the host: read once, not synchronised every step
 
     @torch.no_grad()
     def _maintain_codebook(self, flat: torch.Tensor, idx: torch.Tensor) -> bool:
         """Init / dead-code restart; True when the codebook changed."""
         emb = self.ae.quantize.embedding.weight
-        step = int(self.steps_seen)
+        if self._step is None:
+            self._step = int(self.steps_seen)
+        step = self._step
+        self._step += 1
         self.steps_seen += 1
         if step == 0:  # data-dependent init: random encoder outputs (+ a little noise)
             pick = torch.randint(0, flat.shape[0], (emb.shape[0],), device=flat.device)
@@ -470,13 +474,21 @@ class VQF4Recipe(Recipe):
     edge_weight: float = 0.1
     restart_every: int = 50
     restart_until: int = 2000
+    init_from: str = ""  # warm start: the autoencoder of a vqf4-mini / resshift-mini run or bundle ('' = none)
 
     def build_model(self) -> nn.Module:
         from ..nets.vqgan import VQModel
+        from ..weights import load_into
 
         cfg = mini_bundle_config(self.model_config)
-        return VQTrainer(VQModel(**cfg["autoencoder"]), cfg, self.vq_beta, self.edge_weight, self.restart_every,
-                         self.restart_until)
+        trainer = VQTrainer(VQModel(**cfg["autoencoder"]), cfg, self.vq_beta, self.edge_weight,
+                            self.restart_every, self.restart_until)
+        if self.init_from:
+            ae, _ = load_autoencoder(self.init_from, self.model_config)
+            load_into(trainer.ae, ae.state_dict())  # strict: the same autoencoder config
+            trainer.ae.requires_grad_(True).train()
+            trainer.steps_seen.fill_(1)  # a trained codebook: no data-dependent re-initialisation
+        return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["hr"])["loss"]
@@ -501,12 +513,19 @@ class ResShiftRecipe(Recipe):
 
     ae_from: str = "runs/vqf4-mini"  # vqf4-mini run folder (EMA weights) or a bundle; '' = random (smoke)
     val_sampler: str = "stochastic"
+    init_from: str = ""  # warm start: the UNet of a resshift-mini run or bundle ('' = none)
 
     def build_model(self) -> nn.Module:
         from ..nets.resshift_unet import ResShiftUNet
+        from ..weights import load_into
 
         ae, cfg = load_autoencoder(self.ae_from, self.model_config)
-        return ResShiftTrainer(ResShiftUNet(**cfg["unet"]), ae, cfg)
+        unet = ResShiftUNet(**cfg["unet"])
+        if self.init_from:
+            init, _, _ = load_teacher(self.init_from, self.model_config)
+            load_into(unet, init.state_dict())  # strict: the same UNet config
+            unet.requires_grad_(True).train()
+        return ResShiftTrainer(unet, ae, cfg)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["hr"], batch["lr"])["loss"]
@@ -750,6 +769,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
                      f"weights {getattr(recipe, 'w_distill', 1)}, {getattr(recipe, 'w_inverse', 1)}, "
                      f"{getattr(recipe, 'w_gt', 1)}; student initialised from the teacher.")
         method = "`SinSR(\"mini\")` (`sr_core/methods/sinsr.py`), one UNet call at t = T-1"
+    warm = f", warm-started from `{recipe.init_from}`" if getattr(recipe, "init_from", "") else ""
     partial = " (stopped early; exported from the last checkpoint)" if info.get("partial") else ""
     limit_note = f", first {eval_limit} images" if eval_limit else ""
     wall = float(info.get("wall_seconds") or 0.0)
@@ -777,7 +797,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
 - Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_text()}, cosine to
   {recipe.lr_min:g}, gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g} (exported: {extra['which']}),
   batch {recipe.batch_size}, LR patch {recipe.patch_lr} px (HR {recipe.patch_lr * recipe.scale}), seed {recipe.seed}.
-- Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}){partial}; device
+- Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}){partial}{warm}; device
   {info.get('device', 'unknown')}; mixed precision {info.get('mixed_precision', '?')}; wall {wall / 60:.1f} min.
 - Data: pack `{Path(str(info.get('pack', 'n/a'))).name}` -- {pm.get('n', '?')} crops of {pm.get('hr_size', '?')} px from
   {folders} in `../shared/data/`; bicubic (MATLAB imresize) x4 LR. No eval/ image was used.

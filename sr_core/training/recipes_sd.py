@@ -542,11 +542,19 @@ class SDVAERecipe(Recipe):
     lambda_lpips: float = 0.1  # SD: 1.0; smaller here because the downstream target is PSNR
     kl_weight: float = 1e-6  # SD's
     lpips_weights: str = "auto"  # 'auto' ($SR_LPIPS_WEIGHTS / stlpips_pytorch), 'seeded' (tests), or a path
+    init_from: str = ""  # warm start: the VAE of a mini-sd-vae / mini-sd run or a mini-sd folder ('' = none)
 
     def build_model(self) -> nn.Module:
+        from ..weights import load_into
+
         cfg = {"stage": "mini-sd-vae", "sd": sd_config(self.model_config)}
-        return VAETrainer(_build_vae(cfg["sd"]), cfg, _perceptual(self.lpips_weights, self.lambda_lpips),
-                          self.lambda_lpips, self.kl_weight)
+        vae = _build_vae(cfg["sd"])
+        if self.init_from:
+            src, _ = load_vae_source(self.init_from, self.model_config)
+            load_into(vae, src.state_dict())  # strict: the same VAE config
+            vae.requires_grad_(True).train()
+        return VAETrainer(vae, cfg, _perceptual(self.lpips_weights, self.lambda_lpips), self.lambda_lpips,
+                          self.kl_weight)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["hr"])["loss"]
@@ -571,8 +579,11 @@ class SDPriorRecipe(Recipe):
     vae_from: str = "runs/mini-sd-vae"  # mini-sd-vae run (EMA) or a folder with vae/; '' = random (smoke)
     val_t: int = 250  # validation (SDEdit): noise the LR latent to this t ...
     val_steps: int = 5  # ... and denoise with this many DDIM steps (eta 0)
+    init_from: str = ""  # warm start: the UNet of a mini-sd run or folder ('' = none)
 
     def build_model(self) -> nn.Module:
+        from ..weights import load_into
+
         vae, vcfg = load_vae_source(self.vae_from, self.model_config)
         cfg = {"stage": "mini-sd", "vae_from": self.vae_from, "sd": sd_config(self.model_config)}
         cfg["sd"]["vae"] = vcfg
@@ -580,7 +591,11 @@ class SDPriorRecipe(Recipe):
         if int(u["in_channels"]) != int(vcfg["latent_channels"]):
             raise ValueError(f"the UNet takes {u['in_channels']} channels, the VAE gives {vcfg['latent_channels']}")
         ctx = fixed_context(cfg["sd"]["tokenizer"]["model_max_length"], u["cross_attention_dim"])
-        return PriorTrainer(_build_unet(cfg["sd"]), vae, cfg, ctx)
+        unet = _build_unet(cfg["sd"])
+        if self.init_from:
+            load_into(unet, load_prior(self.init_from, self.model_config)["unet"].state_dict())  # strict
+            unet.requires_grad_(True).train()
+        return PriorTrainer(unet, vae, cfg, ctx)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["hr"])["loss"]
@@ -839,7 +854,8 @@ def _info(run_dir: Path, ck: dict) -> dict:
 def _run_line(info: dict, recipe: Recipe) -> str:
     partial = " (stopped early; exported from the last checkpoint)" if info.get("partial") else ""
     budget = f", time budget {info['time_budget_min']} min" if info.get("time_budget_min") else ""
-    return (f"{info.get('steps')} steps (planned {info.get('max_steps', recipe.max_steps)}{budget}){partial}, batch "
+    warm = f", warm-started from `{recipe.init_from}`" if getattr(recipe, "init_from", "") else ""
+    return (f"{info.get('steps')} steps (planned {info.get('max_steps', recipe.max_steps)}{budget}){partial}{warm}, batch "
             f"{recipe.batch_size}, HR patch {recipe.patch_lr * recipe.scale} px; device {info.get('device', 'unknown')}, "
             f"mixed precision {info.get('mixed_precision', '?')}, wall {float(info.get('wall_seconds') or 0) / 60:.1f} min")
 
