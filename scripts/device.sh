@@ -30,6 +30,8 @@
 #        sd and stablesr not together (stablesr trains on the mini-sd that sd replaces).
 # resshift and sd warm-start from the bundled resshift-mini / mini-sd (autoencoder + UNet; the bundle travels,
 # so the pack is smaller): the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.
+# Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
+# them with COLD=1 (as the first lent run did) or give each its own session.
 # Knobs: GPU_MIN (training minutes in all, default 4.5; split over the stages as below), TIMEOUT_S (the
 # call's limit printed by prep, default 420: ~7 min leaves a rerun inside 15 min), DEVICE (train: cuda;
 # cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
