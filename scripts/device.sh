@@ -70,7 +70,7 @@ conf() {
 }
 IFS=, read -r -a ISSUES <<< "$issue"
 if [ ${#ISSUES[@]} -eq 0 ]; then
-  [ "$cmd" = restore ] || { sed -n '2,45p' "$0"; exit 2; }
+  [ "$cmd" = restore ] || { sed -n '2,42p' "$0"; exit 2; }
 fi
 for i in "${ISSUES[@]}"; do conf "$i"; done
 if [[ ",$issue," == *",sd,"* && ",$issue," == *",stablesr,"* ]]; then
@@ -237,5 +237,5 @@ restore)
   ;;
 
 *)
-  sed -n '2,45p' "$0"; exit 2 ;;
+  sed -n '2,42p' "$0"; exit 2 ;;
 esac
