@@ -32,8 +32,8 @@
 # so the pack is smaller): the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.
 # Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
 # them with COLD=1 (as the first lent run did) or give each its own session.
-# Knobs: GPU_MIN (training minutes in all, default 4.5; split over the stages as below), TIMEOUT_S (the
-# call's limit printed by prep, default 420: ~7 min leaves a rerun inside 15 min), DEVICE (train: cuda;
+# Knobs: GPU_MIN (training minutes per chain, default 7; split over its stages as below), TIMEOUT_S (the
+# call's limit printed by prep, default 570), DEVICE (train: cuda;
 # cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
 # script), CHAIN_THREADS (CPU threads per chain when two run; default nproc / 2), PY.
 # A dry run of the whole path on this CPU (tiny budgets, no device; prep/restore are not needed):
@@ -45,8 +45,11 @@ cd "$(dirname "$0")/.."
 
 cmd=${1:-}; issue=${2:-}
 PY=${PY:-python}
-GPU_MIN=${GPU_MIN:-4.5}
-TIMEOUT_S=${TIMEOUT_S:-420}
+# measured on the first lent H200 (2026-11-30): the machine started in ~30 s; a call of GPU_MIN = 6 took 495 s
+# (wheels, preflight, 3 stage start-ups, handoff: ~110-135 s besides training) -> 7 min of training ends
+# ~530 s in, inside 570, and leaves ~4.5 of the 15 device minutes for a short rescue call on the warm machine
+GPU_MIN=${GPU_MIN:-7}
+TIMEOUT_S=${TIMEOUT_S:-570}
 LIMIT_MIB=62   # what travels, with headroom under the 64 MiB limit
 LPIPS=packs/alex_shift_tolerant.pth
 ORIG_FILE=.git/device-orig-branch
