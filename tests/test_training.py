@@ -179,3 +179,30 @@ def test_batch_scale_multiplies_the_batch_and_scales_the_lr_by_its_root():
     assert scale_batch(r, 1) is r
     with pytest.raises(ValueError):
         scale_batch(r, 0)
+
+
+def test_resume_with_the_perceptual_term_turned_off(tmp_path):
+    """A run saved with an LPIPS net resumes without it (lambda_lpips=0): the frozen LPIPS tensors of the
+    checkpoint are skipped with a message, the trainable ones must all be there, Adam only ever held the
+    trainable ones (so its state still fits)."""
+    from training_helpers import tiny_kit
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    base = get_recipe("mini-sd-vae")
+    kw = dict(pack_path=kit["pack"], device="cpu", mixed_precision="no", val_dir=None)
+    run = tmp_path / "vae"
+    train(apply_overrides(base, list(base.smoke) + ["lambda_lpips=0.1"]), out=run, max_steps=2, log=lambda s: None, **kw)
+    ck = torch.load(run / "ckpt" / "last.pt", weights_only=True)
+    assert any(k.startswith("lpips") or ".lpips" in k or "perceptual" in k for k in ck["model"])
+    n_trainable = sum(1 for k in ck["optimizer"]["state"])
+    assert n_trainable == len(ck["optimizer"]["param_groups"][0]["params"])  # only trainable tensors in Adam
+    logs = []
+    info = train(apply_overrides(base, list(base.smoke) + ["lambda_lpips=0"]), out=run, max_steps=3, resume=True,
+                 log=logs.append, **kw)
+    assert info["steps"] == 3 and any("frozen tensors" in s and "ignored" in s for s in logs)
+    assert not any("Adam starts afresh" in s for s in logs)
+    # a checkpoint that lacks trainable parameters is refused
+    bad = {**ck, "model": {k: v for k, v in ck["model"].items() if not k.startswith("vae.encoder")}}
+    torch.save(bad, run / "ckpt" / "last.pt")
+    with pytest.raises(ValueError, match="trainable parameters"):
+        train(apply_overrides(base, list(base.smoke)), out=run, max_steps=4, resume=True, log=lambda s: None, **kw)

@@ -65,6 +65,23 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_copy_([e for e, _ in bufs], [b for _, b in bufs])
 
 
+def _load_resumable(net: torch.nn.Module, state: dict, where) -> list[str]:
+    """Load a checkpoint's state into `net` for --resume: every trainable parameter must be there with its
+    shape; frozen tensors the checkpoint holds but this build lacks (an LPIPS net turned off) are skipped,
+    and frozen ones this build has but the checkpoint lacks keep their built values (the same sources).
+    Returns the skipped names."""
+    own = net.state_dict()
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    missing = sorted(trainable - set(state))
+    bad = sorted(n for n in trainable & set(state) if tuple(state[n].shape) != tuple(own[n].shape))
+    if missing or bad:
+        raise ValueError(f"{where} does not fit this recipe's trainable parameters: missing {missing[:5]}, "
+                         f"other shapes {bad[:5]}")
+    skipped = sorted(set(state) - set(own))
+    net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return skipped
+
+
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -119,7 +136,8 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
     torch.manual_seed(recipe.seed)
     model = recipe.build_model()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=tuple(recipe.betas),
+    # only what trains: frozen priors, teachers and the LPIPS net stay out of Adam (and so out of its state)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, betas=tuple(recipe.betas),
                            weight_decay=recipe.weight_decay)
 
     step, elapsed_before = 0, 0.0
@@ -128,10 +146,17 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("recipe", {}).get("name") != recipe.name:
             raise ValueError(f"{ckpt_path} belongs to recipe {ck.get('recipe', {}).get('name')!r}, not {recipe.name!r}")
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
+        for net, key in ((model, "model"), (ema, "ema")):
+            skipped = _load_resumable(net, ck[key], ckpt_path)
+        if skipped and main:
+            log(f"{ckpt_path}: {len(skipped)} frozen tensors it holds are not in this build (e.g. "
+                f"{skipped[0]}: another lambda_lpips?); ignored")
         if "optimizer" in ck:
-            opt.load_state_dict(ck["optimizer"])
+            try:
+                opt.load_state_dict(ck["optimizer"])
+            except ValueError as e:  # saved before frozen tensors left Adam, or another set of trainable ones
+                if main:
+                    log(f"{ckpt_path}: its optimiser state does not fit ({e}): Adam starts afresh")
         elif main:  # a run adopted from a device handoff (sr_core/training/handoff.py) carries no optimiser
             log(f"{ckpt_path} has no optimiser state (an adopted handoff): Adam starts afresh")
         step, elapsed_before = int(ck["step"]), float(ck.get("elapsed", 0.0))
