@@ -175,22 +175,13 @@ def main(argv=None) -> int:
         for k, r in sorted(RECIPES.items()):
             print(f"{k:<16} {r.description}")
         return 0
-    if cmd == "pack":
-        return _pack_main(rest)
-    if cmd == "export":
-        return _export_main(rest)
-    if cmd == "handoff":
-        return _handoff_main(rest)
-    if cmd == "adopt":
-        return _adopt_main(rest)
-    if cmd == "preflight":
-        from .preflight import main as preflight_main
+    commands = {"pack": _pack_main, "export": _export_main, "handoff": _handoff_main, "adopt": _adopt_main}
+    if cmd in commands:
+        return commands[cmd](rest)
+    if cmd in ("preflight", "profile"):  # modules of their own, imported when asked for
+        import importlib
 
-        return preflight_main(rest)
-    if cmd == "profile":
-        from .profile import main as profile_main
-
-        return profile_main(rest)
+        return importlib.import_module(f".{cmd}", __package__).main(rest)
     if cmd in RECIPES:
         return _train_main(cmd, rest)
     print(f"unknown recipe or command {cmd!r}\n{usage}", file=sys.stderr)
