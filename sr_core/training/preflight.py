@@ -87,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sr_core.training preflight", description=__doc__.split("\n\n")[0])
     ap.add_argument("chains", nargs="+", choices=sorted(CHAINS))
     ap.add_argument("--pack", required=True, help="a training pack (its crops feed the smoke runs)")
-    ap.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
+    ap.add_argument("--device", default="cuda", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--steps", type=int, default=2)
     a = ap.parse_args(argv)
     try:
