@@ -82,9 +82,9 @@ fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
 # warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet
-# (osediff-mini's LoRA starts afresh on the new prior)
+# (osediff-mini's LoRA starts afresh on the new prior), at WARM_LR x the learning rate (default 0.5)
 INIT_VAE=(); INIT_SD=()
-if [ -n "${INIT_FROM:-}" ]; then INIT_VAE=(--set "init_from=$INIT_FROM"); INIT_SD=(--set "init_from=$INIT_FROM"); fi
+if [ -n "${INIT_FROM:-}" ]; then INIT_VAE=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_SD=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); fi
 TRAIN=("$PY" -m sr_core.training)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 

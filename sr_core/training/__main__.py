@@ -4,7 +4,7 @@
     python -m sr_core.training pack [--out packs/train_x4.npz] [--folders DIR ...] [--n-crops 320] [--seed 0]
     python -m sr_core.training RECIPE [--pack FILE] [--out DIR] [--max-steps N] [--resume] [--device auto|cpu|cuda]
                                       [--mixed-precision auto|no|bf16|fp16] [--time-budget MIN] [--set key=value ...]
-                                      [--batch-scale K]
+                                      [--batch-scale K] [--lr-scale F]
     python -m sr_core.training export RUN_DIR [--id rrdb-mini] [--dtype fp16|fp32] [--no-eval]
     python -m sr_core.training handoff RUN_DIR... --out DIR     (on a lent GPU: what training changed, in
                                                                  <= 8 files of < 16 MiB for $OUT)
@@ -145,8 +145,16 @@ def _train_main(name: str, argv: list[str]) -> int:
     ap.add_argument("--batch-scale", type=float, default=1.0,
                     help="K: batch size x K and lr, lr_min x sqrt(K), after --set (a GPU whose step is bound by "
                          "kernel launches trains K times the samples per second for about the same step time)")
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="F: lr and lr_min x F, after --set and --batch-scale (e.g. 0.5 for a warm start)")
     a = ap.parse_args(argv)
     recipe = scale_batch(apply_overrides(get_recipe(name), a.set), a.batch_scale)
+    if a.lr_scale != 1.0:
+        if a.lr_scale <= 0:
+            raise SystemExit(f"--lr-scale must be > 0, not {a.lr_scale}")
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, lr=recipe.lr * a.lr_scale, lr_min=recipe.lr_min * a.lr_scale)
     pack = Path(a.pack)
     if not pack.exists():
         from .data import build_pack
