@@ -206,3 +206,20 @@ def test_resume_with_the_perceptual_term_turned_off(tmp_path):
     torch.save(bad, run / "ckpt" / "last.pt")
     with pytest.raises(ValueError, match="trainable parameters"):
         train(apply_overrides(base, list(base.smoke)), out=run, max_steps=4, resume=True, log=lambda s: None, **kw)
+
+
+def test_cli_batch_and_lr_scales_are_recorded(tmp_path):
+    """`--batch-scale 2 --lr-scale 0.5` (a warm start on a GPU): the run records the batch and lr it used."""
+    from sr_core.training.__main__ import main
+    from training_helpers import tiny_kit
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    r = get_recipe("vqf4-mini")
+    out = tmp_path / "run"
+    sets = [a for s in r.smoke for a in ("--set", s)]
+    assert main(["vqf4-mini", "--pack", str(kit["pack"]), "--out", str(out), "--max-steps", "1", "--device", "cpu",
+                 "--no-val", "--batch-scale", "2", "--lr-scale", "0.5", *sets]) == 0
+    rec = json.loads((out / "train_info.json").read_text())["recipe"]
+    base = apply_overrides(r, list(r.smoke))
+    assert rec["batch_size"] == 2 * base.batch_size
+    assert rec["lr"] == pytest.approx(base.lr * 2 ** 0.5 * 0.5)
