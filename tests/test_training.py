@@ -218,7 +218,7 @@ def test_cli_batch_and_lr_scales_are_recorded(tmp_path):
     out = tmp_path / "run"
     sets = [a for s in r.smoke for a in ("--set", s)]
     assert main(["vqf4-mini", "--pack", str(kit["pack"]), "--out", str(out), "--max-steps", "1", "--device", "cpu",
-                 "--no-val", "--batch-scale", "2", "--lr-scale", "0.5", *sets]) == 0
+                 "--no-val", "--mixed-precision", "no", "--batch-scale", "2", "--lr-scale", "0.5", *sets]) == 0
     rec = json.loads((out / "train_info.json").read_text())["recipe"]
     base = apply_overrides(r, list(r.smoke))
     assert rec["batch_size"] == 2 * base.batch_size
