@@ -289,3 +289,30 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], k
     with torch.no_grad():
         for k, v in mapped.items():
             target[k].copy_(v.to(dtype=target[k].dtype))
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike,
+                     metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """`safetensors.torch.save_file`, then the header rewritten with its metadata keys sorted.
+
+    safetensors stores the metadata in a hash map, so two saves of the same tensors and metadata can list the
+    keys in another order -- other bytes, another sha256 in a bundle's SHA256SUMS.  Sorted, an export is
+    reproducible byte for byte (the tensor entries already come in a fixed order)."""
+    import json
+    import struct
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata else None)
+    if not metadata or len(metadata) < 2:
+        return path
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None) or {}
+    ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data start stays 8-byte aligned, as safetensors writes it
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return path

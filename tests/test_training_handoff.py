@@ -90,12 +90,31 @@ def test_fp16_handoff_exports_the_same_bundle(tmp_path, one_thread):
     shutil.rmtree(run)
     H.adopt_handoff([fp16], run)
     b = export_run(run, model_id="m", assets_dir=tmp_path / "w2", evaluate=False)
-    # the same tensors and metadata (not the same bytes: safetensors writes its metadata map in hash order)
+    # the same tensors and metadata -- and the same bytes (the export sorts safetensors' metadata map)
     from safetensors import safe_open
 
     fa, fb = (safe_open(str(Path(r["dir"]) / "model.safetensors"), "pt") for r in (a, b))
     assert fa.metadata() == fb.metadata() and set(fa.keys()) == set(fb.keys())
     assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+    wa, wb = (Path(r["dir"]) / "model.safetensors" for r in (a, b))
+    assert wa.read_bytes() == wb.read_bytes()
+
+
+def test_save_safetensors_is_reproducible_byte_for_byte(tmp_path):
+    from safetensors import safe_open
+
+    from sr_core.weights import save_safetensors
+
+    t = {"b.w": torch.arange(6.0).view(2, 3), "a.w": torch.ones(3, dtype=torch.float16)}
+    meta = {f"k{i}": f"v{i} \u00e9" for i in range(12)} | {"config": '{"x": [1, 2]}'}
+    paths = [save_safetensors(t, tmp_path / f"{i}.safetensors", metadata=meta) for i in range(6)]
+    assert len({p.read_bytes() for p in paths}) == 1
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == meta and all(torch.equal(f.get_tensor(k), v) for k, v in t.items())
+    import struct
+
+    (n,) = struct.unpack("<Q", paths[0].read_bytes()[:8])
+    assert n % 8 == 0  # the tensor data still starts 8-byte aligned
 
 
 def test_values_past_fp16_travel_in_fp32(tmp_path, one_thread):

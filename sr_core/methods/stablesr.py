@@ -188,7 +188,7 @@ def save_mini_weights(path: os.PathLike | str, model: StableSRModel, config: Map
     """Write the trained parts of a mini (time-aware encoder `denoiser.structcond.*`, SFT layers
     `denoiser.sft.*`, CFW fusion `cfw.fusion.*`) to one safetensors file with `config` (JSON) in its
     metadata; the frozen prior (UNet, VAE, context) stays in the `mini-sd` folder."""
-    from safetensors.torch import save_file
+    from ..weights import save_safetensors
 
     out = {}
     for k, v in model.denoiser.state_dict().items():
@@ -199,7 +199,7 @@ def save_mini_weights(path: os.PathLike | str, model: StableSRModel, config: Map
             out["cfw." + k] = v.detach().to(dtype).contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata={"format": "pt", "config": json.dumps(dict(config))})
+    save_safetensors(out, path, metadata={"format": "pt", "config": json.dumps(dict(config))})
     return path
 
 

@@ -77,9 +77,7 @@ def export_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, dtyp
                which: str = "ema", evaluate: bool = True, eval_limit: Optional[int] = None,
                eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT, notes: str = "") -> dict:
     """Write `<assets>/<id>/{model.safetensors, config.json, MODEL_CARD.md, SHA256SUMS}` from a run folder."""
-    from safetensors.torch import save_file
-
-    from ..weights import load_state_dict
+    from ..weights import load_state_dict, save_safetensors
 
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
@@ -105,8 +103,8 @@ def export_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, dtyp
     wpath = dest / "model.safetensors"
     model = recipe.build_model()
     config = model.config() if hasattr(model, "config") else dict(recipe.model_config)
-    save_file(sd, str(wpath), metadata={"format": "pt", "model_id": model_id, "recipe": recipe.name,
-                                         "config": json.dumps(config), "steps": str(info.get("steps"))})
+    save_safetensors(sd, wpath, metadata={"format": "pt", "model_id": model_id, "recipe": recipe.name,
+                                          "config": json.dumps(config), "steps": str(info.get("steps"))})
     # evaluate the file as it will be served: reload it into a fresh fp32 network
     from ..weights import load_into
 
