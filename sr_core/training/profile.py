@@ -27,7 +27,7 @@ import torch
 
 from .data import PackSource, load_pack
 from .recipes import apply_overrides, get_recipe
-from .trainer import choose_mixed_precision, ema_update
+from .trainer import choose_mixed_precision, train_step
 
 __all__ = ["profile_recipe", "SOURCE_FIELDS"]
 
@@ -57,38 +57,20 @@ def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmu
     bs = recipe.batch_size
 
     def step_once(i: int, times: Optional[dict]) -> torch.Tensor:
-        clock = time.perf_counter
-        t0 = clock()
-        b = source.batch(i, bs)
-        t1 = clock()
-        hr = b["hr"].to(dev, non_blocking=True)
-        lr_img = recipe.degradation.apply(hr, b["lr"].to(dev, non_blocking=True), b["generator"], recipe.scale)
-        if times is not None:
-            sync()
-        t2 = clock()
-        with acc.autocast():
-            loss = recipe.loss(model, {"hr": hr, "lr": lr_img})
-        if times is not None:
-            sync()
-        t3 = clock()
-        acc.backward(loss)
-        if times is not None:
-            sync()
-        t4 = clock()
-        if recipe.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if times is not None:
-            sync()
-        t5 = clock()
-        ema_update(ema, acc.unwrap_model(model), recipe.ema_decay)
-        if times is not None:
-            sync()
-            t6 = clock()
-            for k, (a, z) in zip(PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6))):
-                times[k].append(1000.0 * (z - a))
-        return loss.detach()
+        """The trainer's own step (trainer.train_step); with `times`, the device synchronised and the clock
+        read after each phase."""
+        if times is None:
+            return train_step(recipe, acc, model, ema, opt, source, i, bs)
+        last = [time.perf_counter()]
+
+        def mark(phase: str) -> None:
+            if phase != "batch":  # the batch is assembled on the CPU
+                sync()
+            now = time.perf_counter()
+            times[phase].append(1000.0 * (now - last[0]))
+            last[0] = now
+
+        return train_step(recipe, acc, model, ema, opt, source, i, bs, mark=mark)
 
     for i in range(warmup):
         step_once(i, None)

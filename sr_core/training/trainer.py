@@ -65,6 +65,32 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_copy_([e for e, _ in bufs], [b for _, b in bufs])
 
 
+def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_size: int, rank: int = 0,
+               mark: Optional[Callable[[str], None]] = None) -> torch.Tensor:
+    """One optimiser step of the trainer (batch, degradation, loss, backward, clipping, Adam, EMA); returns
+    the loss (on the device).  `mark(phase)` is called after each phase: `profile` times them with it."""
+    mark = mark or (lambda phase: None)
+    dev = acc.device
+    b = source.batch(step, batch_size, rank)
+    mark("batch")
+    hr = b["hr"].to(dev, non_blocking=True)
+    lr_img = recipe.degradation.apply(hr, b["lr"].to(dev, non_blocking=True), b["generator"], recipe.scale)
+    mark("to_device")
+    with acc.autocast():
+        loss = recipe.loss(model, {"hr": hr, "lr": lr_img})
+    mark("forward")
+    acc.backward(loss)
+    mark("backward")
+    if recipe.grad_clip and acc.sync_gradients:
+        acc.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    mark("optimizer")
+    ema_update(ema, acc.unwrap_model(model), min(recipe.ema_decay, (2.0 + step) / (11.0 + step)))
+    mark("ema")
+    return loss.detach()
+
+
 def _load_resumable(net: torch.nn.Module, state: dict, where) -> list[str]:
     """Load a checkpoint's state into `net` for --resume: every trainable parameter must be there with its
     shape; frozen tensors the checkpoint holds but this build lacks (an LPIPS net turned off) are skipped,
@@ -146,8 +172,8 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("recipe", {}).get("name") != recipe.name:
             raise ValueError(f"{ckpt_path} belongs to recipe {ck.get('recipe', {}).get('name')!r}, not {recipe.name!r}")
-        for net, key in ((model, "model"), (ema, "ema")):
-            skipped = _load_resumable(net, ck[key], ckpt_path)
+        skipped = _load_resumable(model, ck["model"], ckpt_path)
+        _load_resumable(ema, ck["ema"], ckpt_path)
         if skipped and main:
             log(f"{ckpt_path}: {len(skipped)} frozen tensors it holds are not in this build (e.g. "
                 f"{skipped[0]}: another lambda_lpips?); ignored")
@@ -228,22 +254,10 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
         lr_now = recipe.lr_at(step, progress())
         for g in opt.param_groups:
             g["lr"] = lr_now
-        b = source.batch(step, per_proc, rank)
-        hr = b["hr"].to(dev, non_blocking=True)
-        lr_img = b["lr"].to(dev, non_blocking=True)
-        lr_img = recipe.degradation.apply(hr, lr_img, b["generator"], recipe.scale)
-        with acc.autocast():
-            loss = recipe.loss(model, {"hr": hr, "lr": lr_img})
-        acc.backward(loss)
-        if recipe.grad_clip and acc.sync_gradients:
-            acc.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(recipe, acc, model, ema, opt, source, step, per_proc, rank)
         step += 1
-        decay = min(recipe.ema_decay, (1.0 + step) / (10.0 + step))
-        ema_update(ema, acc.unwrap_model(model), decay)
         # summed on the device: a float() here would make the host wait for the GPU every step
-        loss_acc = loss_acc + loss.detach().float()
+        loss_acc = loss_acc + loss.float()
         loss_n += 1
         if step % recipe.log_every == 0 or step == steps_total:
             mean = acc.reduce((torch.as_tensor(loss_acc, device=dev).float() / max(loss_n, 1)).reshape(1),
