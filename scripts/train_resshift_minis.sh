@@ -8,13 +8,14 @@
 #                                              # (BUDGET_*) -- what produced the bundled minis (see their
 #                                              # cards); expect undertrained minis -- a GPU is the real route
 #   STAGES=vq,rs,sin scripts/train_resshift_minis.sh
-#                                              # a subset (vq, rs, sin, export, eval, bench); on a lent GPU
+#                                              # a subset (vq, rs, sin, dec, export, eval, bench); on a lent GPU
 #                                              # machine use scripts/device.sh, which runs the training
 #                                              # stages there within its limits and the rest here
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
-# THREADS (CPU threads), INIT_FROM (warm start, see below), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
+# THREADS (CPU threads), INIT_FROM (warm start, see below), BUDGET_DEC (stage dec, default BUDGET_VQ: a
+# decoder fine-tune of the bundles' autoencoder that keeps their latent space, swapped in by `redecode`), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN (more `--set key=value` args),
 # EVAL_LIMIT (images per eval set; 0 = all), ASSETS (bundle root, default assets/weights; the
 # `sr_core eval/bench` calls read the default location).
 #
@@ -87,6 +88,20 @@ if has sin; then
   "${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini" --device "$DEVICE" \
     --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SIN[@]}" \
     ${EXTRA_SIN:-}
+fi
+
+if has dec; then
+  # not in the default STAGES: a better decoder for the bundles' autoencoder, trained after the UNets
+  # (train=decoder: encoder + codebook frozen, so the UNets' latent space is unchanged), then swapped into
+  # both bundles with `redecode` (which checks that latent space and re-measures the cards' figures)
+  echo "== decoder fine-tune of $ASSETS/resshift-mini's autoencoder, then redecode both bundles"
+  "${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-dec" --device "$DEVICE" --no-val \
+    --set train=decoder --set init_from="$ASSETS/resshift-mini" --lr-scale "${WARM_LR:-0.5}" \
+    --time-budget "${BUDGET_DEC:-$BUDGET_VQ}" "${THREAD_ARGS[@]}" "${CPU_VQ[@]}" ${EXTRA_DEC:-}
+  for m in resshift-mini sinsr-mini; do
+    "${RR[@]}" redecode "$ASSETS/$m" --decoder-from "$RUNS/vqf4-dec" --device "$DEVICE" --eval-limit "$EVAL_LIMIT" \
+      | tee "$RUNS/vqf4-dec/redecode_$m.json"
+  done
 fi
 
 if has export; then

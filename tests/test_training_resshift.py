@@ -222,3 +222,61 @@ def test_warm_start_from_a_run_keeps_its_weights_and_codebook(tiny, tmp_path):
     bad = _smoke("resshift-mini", (f"ae_from={vq}", f"init_from={rs_run}", "model.model_channels=64"))
     with pytest.raises(Exception, match="does not fit"):  # another UNet config: refused, not half-loaded
         bad.build_model()
+
+
+def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bundle(tiny, tmp_path):
+    """train=decoder: only post_quant_conv + decoder learn (encoder, quant_conv, codebook bit for bit the
+    warm start's, no codebook restarts); `redecode_bundle` puts that decoder into an exported bundle,
+    refuses one from another latent space, and rewrites the card's figures, sums and train_info."""
+    from sr_core.methods.resshift import ResShift
+    from sr_core.types import RunContext, Settings
+    from sr_core.weights import load_state_dict, sha256_file
+
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq, rs_run = tmp_path / "vq", tmp_path / "rs"
+    train(_smoke("vqf4-mini"), max_steps=3, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    res = RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=tmp_path / "w", evaluate=False,
+                                 notes="first notes")
+    bundle = Path(res["dir"])
+    (bundle / "MODEL_CARD.md").write_text((bundle / "MODEL_CARD.md").read_text() + "\n## Targets\nkept as is\n")
+
+    with pytest.raises(ValueError, match="init_from"):
+        _smoke("vqf4-mini", ("train=decoder",)).build_model()
+    m = _smoke("vqf4-mini", ("train=decoder", f"init_from={bundle}")).build_model()
+    trainable = {n.split(".")[1] for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"decoder", "post_quant_conv"} and m.decoder_only and m.restart_every == 0
+    dec = tmp_path / "dec"
+    train(_smoke("vqf4-mini", ("train=decoder", f"init_from={bundle}", "restart_every=1")), max_steps=4,
+          out=dec, **kw)
+    old = load_state_dict(bundle / "autoencoder.safetensors")
+    ema = torch.load(dec / "ckpt" / "last.pt", weights_only=True)["ema"]
+    for k, v in old.items():
+        same = torch.equal(ema[f"ae.{k}"], v)
+        assert same == k.startswith(RR.LATENT_SIDE), k  # the latent side frozen, the decoder side moved
+
+    other = tmp_path / "other"  # a fully trained autoencoder: another latent space
+    train(_smoke("vqf4-mini", (f"init_from={bundle}",)), max_steps=2, out=other, **kw)
+    before = {f: sha256_file(bundle / f) for f in ("autoencoder.safetensors", "model.safetensors")}
+    with pytest.raises(ValueError, match="latent side differs"):
+        RR.redecode_bundle(bundle, other, evaluate=False)
+    assert sha256_file(bundle / "autoencoder.safetensors") == before["autoencoder.safetensors"]  # untouched
+
+    out = RR.redecode_bundle(bundle, dec, eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
+    new = load_state_dict(bundle / "autoencoder.safetensors")
+    for k, v in new.items():
+        assert torch.equal(v, ema[f"ae.{k}"].float()), k
+    assert sha256_file(bundle / "model.safetensors") == before["model.safetensors"]
+    sums = (bundle / "SHA256SUMS").read_text()
+    assert sha256_file(bundle / "autoencoder.safetensors") in sums
+    info = json.loads((bundle / "train_info.json").read_text())
+    d = info["decoder_finetune"]
+    assert d["steps"] == 4 and d["train"] == "decoder" and set(d["recon_after"]) == {"Set5"}
+    assert info["exported_weights"] == "ema" and out["eval_x4"]["Set5"]["n"] == 1
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Decoder fine-tune" in card and "## Notes\nfirst notes" in card and card.endswith("## Targets\nkept as is\n")
+    assert f"{out['eval_x4']['Set5']['psnr_y']:.2f}" in card
+    sr = ResShift("mini", bundle_dir=bundle).run(
+        torch.rand(1, 3, 16, 16), RunContext(settings=Settings(scale=4), device=torch.device("cpu"),
+                                             generator=torch.Generator()))
+    assert sr.shape == (1, 3, 64, 64)

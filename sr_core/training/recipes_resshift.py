@@ -9,6 +9,9 @@
     python -m sr_core.training sinsr-mini    --out runs/sinsr-mini     --set teacher_from=runs/resshift-mini
     python -m sr_core.training.resshift_cli export runs/resshift-mini   (bundle + model card)
     python -m sr_core.training.resshift_cli recon runs/vqf4-mini        (autoencoder PSNR on HR)
+    python -m sr_core.training vqf4-mini --out runs/vqf4-dec --set train=decoder \
+        --set init_from=assets/weights/resshift-mini                    (a better decoder, same latent space)
+    python -m sr_core.training.resshift_cli redecode assets/weights/resshift-mini --decoder-from runs/vqf4-dec
     python -m sr_core.training.resshift_cli configs                     (mini configs, sizes)
     python -m sr_core.training.resshift_cli bench --sizes 64,128        (both minis, one process)
     python -m sr_core.training.resshift_cli train RECIPE ...            (= python -m sr_core.training,
@@ -28,7 +31,10 @@ Objectives follow the official code (read, not copied):
 - stage 1: L1 reconstruction (+ a small L1 on image gradients) of [-1, 1] images, the VQ-VAE
   codebook loss ||sg(z) - e||^2 plus beta ||z - sg(e)||^2 (beta 0.25), straight-through gradients,
   the codebook initialised from encoder outputs and dead codes restarted early in training (the
-  LDM autoencoders were trained with a GAN/LPIPS loss; here PSNR matters, so plain L1).
+  LDM autoencoders were trained with a GAN/LPIPS loss; here PSNR matters, so plain L1).  With
+  `train=decoder` only post_quant_conv + decoder of a trained autoencoder learn (same losses, no VQ
+  terms): the latent space stays the UNet's, so the decoder can be improved after the UNet was
+  trained (`redecode`), which a full autoencoder continuation cannot (it moves the latents).
 - stage 2 (ResShift `GaussianDiffusion.training_losses`): z0 = E(HR), y = E(bicubic-up(LR)) with the
   pre-quantisation encoder and torch's bicubic x4, t ~ U{0..T-1}, x_t = q_sample(z0, y, t, eps), the
   UNet predicts z0 from (x_t / sqrt(kappa^2 eta_t + 1), t, lq = LR in [-1, 1]); loss MSE in latent
@@ -248,18 +254,33 @@ class VQTrainer(_HasConfig):
 
     def forward(self, hr: torch.Tensor) -> dict:
         x = hr * 2 - 1
+        if self.decoder_only:  # the latent space is fixed: frozen encoder and codebook, no VQ losses
+            with torch.no_grad():
+                z = self.ae.encode(x).float()
+                b, c, h, w = z.shape
+                zq = self.ae.quantize.embedding(self.ae.quantize.indices(z)).view(b, h, w, c).permute(0, 3, 1, 2)
+            rec = self.ae.decoder(self.ae.post_quant_conv(zq)).float()
+            l1 = F.l1_loss(rec, x)
+            return self._recon_terms(rec, x, l1, {"l1": l1})
         z = self.ae.encode(x)
         zq, codebook, commit = self.quantize(z)
         rec = self.ae.decoder(self.ae.post_quant_conv(zq.to(z.dtype))).float()
         l1 = F.l1_loss(rec, x)
         terms = {"l1": l1, "codebook": codebook, "commit": commit}
-        loss = l1 + codebook + self.beta * commit
+        return self._recon_terms(rec, x, l1 + codebook + self.beta * commit, terms)
+
+    def _recon_terms(self, rec: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, terms: dict) -> dict:
         if self.edge_weight:
             edge = F.l1_loss(rec.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), x.diff(dim=-2))
             terms["edge"] = edge
             loss = loss + self.edge_weight * edge
         terms["loss"] = loss
         return terms
+
+    @property
+    def decoder_only(self) -> bool:
+        """True when only the decoder side (post_quant_conv + decoder) trains."""
+        return not any(p.requires_grad for p in self.ae.encoder.parameters())
 
 
 def _broadcast(t: torch.Tensor) -> None:
@@ -475,19 +496,33 @@ class VQF4Recipe(Recipe):
     restart_every: int = 50
     restart_until: int = 2000
     init_from: str = ""  # warm start: the autoencoder of a vqf4-mini / resshift-mini run or bundle ('' = none)
+    # what trains: "all", or "decoder" -- post_quant_conv + decoder of the `init_from` autoencoder, with its
+    # encoder, quant_conv and codebook frozen: the latent space stays bit for bit the one the UNets of the
+    # bundles were trained in, so the new decoder drops into them (`resshift_cli redecode`)
+    train: str = "all"
 
     def build_model(self) -> nn.Module:
         from ..nets.vqgan import VQModel
         from ..weights import load_into
 
+        if self.train not in ("all", "decoder"):
+            raise ValueError(f"vqf4-mini: train must be 'all' or 'decoder', not {self.train!r}")
+        if self.train == "decoder" and not self.init_from:
+            raise ValueError("vqf4-mini: train=decoder fine-tunes the decoder of a trained autoencoder; "
+                             "set init_from= (a resshift-mini / sinsr-mini bundle or a vqf4-mini run)")
         cfg = mini_bundle_config(self.model_config)
+        decoder_only = self.train == "decoder"
         trainer = VQTrainer(VQModel(**cfg["autoencoder"]), cfg, self.vq_beta, self.edge_weight,
-                            self.restart_every, self.restart_until)
+                            0 if decoder_only else self.restart_every, self.restart_until)
         if self.init_from:
             ae, _ = load_autoencoder(self.init_from, self.model_config)
             load_into(trainer.ae, ae.state_dict())  # strict: the same autoencoder config
             trainer.ae.requires_grad_(True).train()
             trainer.steps_seen.fill_(1)  # a trained codebook: no data-dependent re-initialisation
+        if decoder_only:
+            trainer.ae.requires_grad_(False)
+            trainer.ae.post_quant_conv.requires_grad_(True)
+            trainer.ae.decoder.requires_grad_(True)
         return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -722,7 +757,7 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
              "eval_x4": figures, "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
     (dest / "MODEL_CARD.md").write_text(_card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit, notes))
     (dest / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
-    (dest / "train_info.json").write_text(json.dumps({k: v for k, v in info.items()}, indent=2) + "\n")
+    (dest / "train_info.json").write_text(json.dumps(dict(info, exported_weights=which), indent=2) + "\n")
     return {"dir": str(dest), **extra}
 
 
@@ -739,6 +774,21 @@ def bundle_config_for(cfg: dict, kind: str, model_id: str) -> dict:
         u.update({"in_channels": int(u["in_channels"]) + 3, "direct_lq": True})
     cfg.update({"name": model_id, "notes": f"project mini ({model_id}), trained by sr_core.training.recipes_resshift"})
     return cfg
+
+
+def _decoder_text(d: Optional[dict]) -> str:
+    """The card's line on a decoder swapped in by `redecode_bundle` ('' when none)."""
+    if not d:
+        return ""
+    rt = ", ".join(f"{s} {d['recon_before'][s]:.2f} -> {v:.2f}" for s, v in (d.get("recon_after") or {}).items()
+                   if s in (d.get("recon_before") or {}))
+    wall = f"{float(d['wall_seconds']) / 60:.0f} min" if d.get("wall_seconds") else "? min"
+    return (f"- Decoder fine-tune (`resshift_cli redecode`, from `{d.get('source')}`): `post_quant_conv` + decoder "
+            f"retrained (recipe vqf4-mini, train={d.get('train')}, init_from `{d.get('init_from')}`) with the encoder, "
+            f"quant_conv and codebook frozen -- the UNet's latent space is unchanged: {d.get('steps')} steps, batch "
+            f"{d.get('batch_size')}, HR {d.get('patch_hr')} crops, lr {d.get('lr')}, {d.get('device')}, "
+            f"{d.get('mixed_precision')}, {wall}. Round trip E -> quantise -> D, Y-PSNR dB"
+            f"{' (first ' + str(d['recon_limit']) + ' images)' if d.get('recon_limit') else ''}: {rt}.\n")
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
@@ -801,7 +851,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
   {info.get('device', 'unknown')}; mixed precision {info.get('mixed_precision', '?')}; wall {wall / 60:.1f} min.
 - Data: pack `{Path(str(info.get('pack', 'n/a'))).name}` -- {pm.get('n', '?')} crops of {pm.get('hr_size', '?')} px from
   {folders} in `../shared/data/`; bicubic (MATLAB imresize) x4 LR. No eval/ image was used.
-
+{_decoder_text(info.get('decoder_finetune'))}
 ## Benchmark (x4, `sr_core eval` protocol: Y-PSNR dB / SSIM-Y / LR-PSNR dB{limit_note})
 
 | model | Set5 | Set14 | BSD100 |
@@ -812,6 +862,97 @@ PSNR gain over bicubic: {gain}.
 
 {('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
 """
+
+
+# ------------------------------------------------------------------------------------------------
+# a new decoder for an exported bundle (the latent space unchanged)
+
+LATENT_SIDE = ("encoder.", "quant_conv.", "quantize.")  # what fixes the latent space the UNet works in
+
+
+def _card_sections(text: str) -> tuple[str, str]:
+    """(the Notes text, what follows the 'Reproduce:' line) of a model card written by `_card`."""
+    notes, tail = "", ""
+    if "\n## Notes\n" in text:
+        notes = text.split("\n## Notes\n", 1)[1].split("\nReproduce:", 1)[0]
+    if "\nReproduce:" in text:
+        after = text.split("\nReproduce:", 1)[1]
+        tail = after.split("\n", 1)[1] if "\n" in after else ""
+    return notes.strip(), tail.strip()
+
+
+def _recon_sets(ae: nn.Module, sets, eval_root: Path, limit: Optional[int]) -> dict:
+    return {s: round(recon_psnr(ae, Path(eval_root) / s / "HR", limit)["psnr_y"], 2)
+            for s in sets if (Path(eval_root) / s / "HR").is_dir()}
+
+
+def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: Optional[int] = None,
+                    eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT, device: str = "auto") -> dict:
+    """Put the decoder side (`post_quant_conv`, `decoder`) of `decoder_from` -- a vqf4-mini run trained with
+    `train=decoder` from this bundle, or another bundle -- into the resshift-mini / sinsr-mini `bundle`.
+
+    Refused unless the latent side (encoder, quant_conv, codebook) is bit for bit the bundle's: the UNet
+    was trained in that latent space, so only then does the new decoder serve it unchanged.  Rewrites
+    autoencoder.safetensors, SHA256SUMS, train_info.json (`decoder_finetune`: the run, and the round trip
+    before / after) and the model card (figures recomputed through the method; its notes and any
+    later sections are kept)."""
+    from ..nets.vqgan import VQModel
+    from ..weights import load_into, load_state_dict, save_safetensors, sha256_file
+
+    bundle = Path(bundle)
+    cfg = json.loads((bundle / "config.json").read_text())
+    info = json.loads((bundle / "train_info.json").read_text())
+    kind = "sinsr" if cfg["unet"].get("direct_lq") else "resshift"
+    old = load_state_dict(bundle / "autoencoder.safetensors")
+    src, _, folder = _load_source(str(decoder_from))
+    new = load_state_dict(folder / "autoencoder.safetensors") if folder else _sub(src, "ae.")
+    if set(old) != set(new):
+        raise ValueError(f"{decoder_from}: another autoencoder layout than {bundle}'s")
+    moved = [k for k in old if k.startswith(LATENT_SIDE) and not torch.equal(old[k].float(), new[k].float())]
+    if moved:
+        raise ValueError(f"{decoder_from}: its latent side differs from {bundle}'s ({len(moved)} tensors, e.g. "
+                         f"{moved[0]}); the UNet would see another latent space -- train the decoder with "
+                         f"`--set train=decoder --set init_from={bundle}`")
+    merged = {k: (old[k] if k.startswith(LATENT_SIDE) else new[k]).float().contiguous() for k in old}
+    ae_old, ae_new = VQModel(**cfg["autoencoder"]), VQModel(**cfg["autoencoder"])
+    load_into(ae_old, old)
+    load_into(ae_new, merged)
+    ae_old.eval(), ae_new.eval()
+    limit = eval_limit or None
+    run_info = {}
+    if not folder:
+        p = _resolve(str(decoder_from))
+        ip = p / "train_info.json" if p.is_dir() else None
+        run_info = json.loads(ip.read_text()) if ip and ip.exists() else {}
+    rec = run_info.get("recipe") or {}
+    entry = {"source": str(decoder_from), "steps": run_info.get("steps"), "batch_size": rec.get("batch_size"),
+             "lr": rec.get("lr"), "patch_hr": (rec.get("patch_lr") or 0) * (rec.get("scale") or 0) or None,
+             "init_from": rec.get("init_from"), "train": rec.get("train"), "device": run_info.get("device"),
+             "mixed_precision": run_info.get("mixed_precision"), "wall_seconds": run_info.get("wall_seconds"),
+             "finished": run_info.get("finished"), "recon_limit": limit,
+             "recon_before": _recon_sets(ae_old, eval_sets, eval_root, limit),
+             "recon_after": _recon_sets(ae_new, eval_sets, eval_root, limit)}
+    save_safetensors(merged, bundle / "autoencoder.safetensors")
+    info = dict(info, decoder_finetune=entry)
+    figures = evaluate_bundle(kind, bundle, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
+    files = ("config.json", "model.safetensors", "autoencoder.safetensors")
+    sums = {f: sha256_file(bundle / f) for f in files}
+    from ..nets.resshift_unet import ResShiftUNet
+
+    unet_sd = load_state_dict(bundle / "model.safetensors")
+    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])),
+             "ae_params": sum(v.numel() for v in merged.values()),
+             "size_mb": round(sum((bundle / f).stat().st_size for f in files) / 1e6, 2), "eval_x4": figures,
+             "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
+             "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32"}
+    card_path = bundle / "MODEL_CARD.md"
+    notes, tail = _card_sections(card_path.read_text()) if card_path.exists() else ("", "")
+    card = _card(cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]), info, cfg, extra, sums,
+                 eval_limit if evaluate else None, notes)
+    card_path.write_text(card + (("\n" + tail + "\n") if tail else ""))
+    (bundle / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
+    (bundle / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {"dir": str(bundle), "decoder_finetune": entry, **extra}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -893,6 +1034,13 @@ def main(argv=None) -> int:
     r.add_argument("source")
     r.add_argument("--sets", default="Set5,Set14,BSD100")
     r.add_argument("--limit", type=int, default=0)
+    d = sub.add_parser("redecode", help="put a fine-tuned decoder (same latent space) into a mini bundle")
+    d.add_argument("bundle")
+    d.add_argument("--decoder-from", required=True,
+                   help="vqf4-mini run trained with --set train=decoder --set init_from=BUNDLE (or a bundle)")
+    d.add_argument("--no-eval", action="store_true")
+    d.add_argument("--eval-limit", type=int, default=0)
+    d.add_argument("--device", default="auto")
     sub.add_parser("configs", help="print the mini bundle configs and parameter counts")
     b = sub.add_parser("bench", help="resshift-mini vs sinsr-mini speed in one process")
     b.add_argument("--resshift", default=str(REPO_ROOT / "assets" / "weights" / "resshift-mini"))
@@ -910,6 +1058,10 @@ def main(argv=None) -> int:
         res = export_resshift_run(a.run, model_id=a.id, assets_dir=a.assets, evaluate=not a.no_eval,
                                   eval_limit=a.eval_limit or None, which=a.weights, unet_dtype=a.unet_dtype,
                                   device=a.device, notes=a.note)
+        print(json.dumps(res, indent=2))
+    elif a.cmd == "redecode":
+        res = redecode_bundle(a.bundle, a.decoder_from, evaluate=not a.no_eval, eval_limit=a.eval_limit or None,
+                              device=a.device)
         print(json.dumps(res, indent=2))
     elif a.cmd == "bench":
         if a.threads:
