@@ -66,6 +66,7 @@ else
 fi
 COMMON=(--pack "$PACK" --device "$DEVICE" --no-val)
 [ -n "$THREADS" ] && COMMON+=(--threads "$THREADS")
+[ "${COMPILE:-0}" = 1 ] && COMMON+=(--compile)  # torch.compile'd loss (see train_resshift_minis.sh)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 
 # preflight: the perceptual weights of stage 2 (or an explicit lambda_lpips=0)

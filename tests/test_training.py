@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +225,38 @@ def test_cli_batch_and_lr_scales_are_recorded(tmp_path):
     base = apply_overrides(r, list(r.smoke))
     assert rec["batch_size"] == 2 * base.batch_size
     assert rec["lr"] == pytest.approx(base.lr * 2 ** 0.5 * 0.5)
+
+
+@pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")),
+                    reason="torch.compile on the CPU needs a C++ compiler (inductor)")
+def test_compiled_training_steps_like_the_eager_one_and_saves_plain_weights(tiny, tmp_path):
+    """--compile: the loss goes through torch.compile(model) (inductor), the parameters are the module's,
+    so the losses follow the eager run's and the checkpoint has the eager key names (no `_orig_mod.`)."""
+    recipe = apply_overrides(get_recipe("rrdb-mini"), list(get_recipe("rrdb-mini").smoke))
+    kw = dict(pack_path=tiny["pack"], max_steps=4, device="cpu", mixed_precision="no", val_dir=None,
+              log=lambda s: None)
+    eager = train(recipe, out=tmp_path / "eager", **kw)
+    compiled = train(recipe, out=tmp_path / "compiled", compile=True, **kw)
+    assert compiled["compiled"] and not eager["compiled"] and compiled["steps"] == 4
+    np.testing.assert_allclose(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), rtol=1e-3, atol=1e-5)
+    a = torch.load(tmp_path / "eager" / "ckpt" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "compiled" / "ckpt" / "last.pt", weights_only=True)
+    assert a["ema"].keys() == b["ema"].keys() and a["model"].keys() == b["model"].keys()
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-3, atol=1e-4)
+
+
+def test_a_compiler_that_fails_leaves_the_run_training_eagerly(tiny, tmp_path, monkeypatch):
+    from sr_core.training import trainer as T
+
+    class Broken(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(T, "compile_for_training", lambda model: Broken())
+    recipe = apply_overrides(get_recipe("rrdb-mini"), list(get_recipe("rrdb-mini").smoke))
+    said = []
+    info = train(recipe, pack_path=tiny["pack"], out=tmp_path / "run", max_steps=3, device="cpu",
+                 mixed_precision="no", val_dir=None, log=said.append, compile=True)
+    assert info["steps"] == 3 and info["compiled"] is False and len(_losses(tmp_path / "run")) == 3
+    assert any("torch.compile failed" in s and "no compiler here" in s for s in said)

@@ -147,6 +147,9 @@ def _train_main(name: str, argv: list[str]) -> int:
                          "kernel launches trains K times the samples per second for about the same step time)")
     ap.add_argument("--lr-scale", type=float, default=1.0,
                     help="F: lr and lr_min x F, after --set and --batch-scale (e.g. 0.5 for a warm start)")
+    ap.add_argument("--compile", action="store_true",
+                    help="compute the loss through torch.compile(model) (fused kernels; the first step compiles, "
+                         "minutes, inside --time-budget); checkpoints and exports are the same")
     a = ap.parse_args(argv)
     recipe = scale_batch(apply_overrides(get_recipe(name), a.set), a.batch_scale)
     if a.lr_scale != 1.0:
@@ -166,7 +169,7 @@ def _train_main(name: str, argv: list[str]) -> int:
 
     train(recipe, pack_path=pack, out=out, max_steps=a.max_steps, resume=a.resume, device=a.device,
           mixed_precision=a.mixed_precision, time_budget_min=a.time_budget, threads=a.threads,
-          val_dir=None if a.no_val else SET5_HR, log=lambda s: print(s, flush=True))
+          val_dir=None if a.no_val else SET5_HR, log=lambda s: print(s, flush=True), compile=a.compile)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Where a recipe's training step spends its time on the device it runs on -- a benchmark that prints figures.
 
     python -m sr_core.training profile RECIPE [--device cuda] [--steps 10] [--batch N] [--random-sources]
-                                              [--pack FILE] [--set key=value ...] [--json FILE]
+                                              [--pack FILE] [--set key=value ...] [--json FILE] [--compile]
 
 The first lent GPU run (2026-11-30, one H200, two chains side by side) trained at 6 it/s for resshift-mini
 (batch 64) and 1 it/s for sinsr-mini -- a few percent of what the recipes' FLOPs allow, so the step is not
@@ -27,7 +27,7 @@ import torch
 
 from .data import PackSource, load_pack
 from .recipes import apply_overrides, get_recipe
-from .trainer import choose_mixed_precision, train_step
+from .trainer import choose_mixed_precision, compile_for_training, train_step
 
 __all__ = ["profile_recipe", "SOURCE_FIELDS"]
 
@@ -36,7 +36,7 @@ PHASES = ("batch", "to_device", "forward", "backward", "optimizer", "ema")
 
 
 def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmup: int = 3,
-                   mixed_precision: str = "auto", count_kernels: bool = True) -> dict:
+                   mixed_precision: str = "auto", count_kernels: bool = True, compile: bool = False) -> dict:
     """Time `steps` training steps of `recipe` (after `warmup` untimed ones); see the module docstring."""
     from accelerate import Accelerator
 
@@ -53,6 +53,7 @@ def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmu
     ema.to(acc.device)
     dev = acc.device
     model.train()
+    fwd = compile_for_training(model) if compile else None
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     bs = recipe.batch_size
 
@@ -60,7 +61,7 @@ def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmu
         """The trainer's own step (trainer.train_step); with `times`, the device synchronised and the clock
         read after each phase."""
         if times is None:
-            return train_step(recipe, acc, model, ema, opt, source, i, bs)
+            return train_step(recipe, acc, model, ema, opt, source, i, bs, fwd=fwd)
         last = [time.perf_counter()]
 
         def mark(phase: str) -> None:
@@ -70,11 +71,13 @@ def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmu
             times[phase].append(1000.0 * (now - last[0]))
             last[0] = now
 
-        return train_step(recipe, acc, model, ema, opt, source, i, bs, mark=mark)
+        return train_step(recipe, acc, model, ema, opt, source, i, bs, mark=mark, fwd=fwd)
 
+    t_first = time.perf_counter()
     for i in range(warmup):
         step_once(i, None)
     sync()
+    warmup_s = time.perf_counter() - t_first  # with --compile: the compilation
     phases: dict[str, list[float]] = {k: [] for k in PHASES}
     for i in range(steps):
         step_once(warmup + i, phases)
@@ -110,7 +113,7 @@ def profile_recipe(recipe, pack, *, device: str = "auto", steps: int = 10, warmu
         "samples_per_s": round(bs * 1000.0 / free_ms, 1),
         "kernels_per_step": kernels, "kernel_kind": "cuda kernels" if dev.type == "cuda" else "aten ops",
         "launch_floor_ms_at_5us": round(kernels * 0.005, 2) if kernels else None,
-        "steps": steps, "warmup": warmup,
+        "steps": steps, "warmup": warmup, "warmup_s": round(warmup_s, 1), "compiled": bool(compile),
     }
 
 
@@ -132,6 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-kernels", action="store_true", help="skip the kernel count (torch.profiler)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--compile", action="store_true", help="the step as `--compile` trains it (torch.compile)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -142,10 +146,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.batch:
         sets.append(f"batch_size={a.batch}")
     res = profile_recipe(apply_overrides(recipe, sets), a.pack, device=a.device, steps=a.steps, warmup=a.warmup,
-                         mixed_precision=a.mixed_precision, count_kernels=not a.no_kernels)
+                         mixed_precision=a.mixed_precision, count_kernels=not a.no_kernels, compile=a.compile)
     ph = "  ".join(f"{k} {v:.1f}" for k, v in res["phases_ms"].items())
     print(f"{res['recipe']} on {res['device']} ({res['mixed_precision']}, batch {res['batch']}, "
-          f"{res['params_m']} M params, {res['threads']} threads)")
+          f"{res['params_m']} M params, {res['threads']} threads{', compiled' if res['compiled'] else ''}; "
+          f"{res['warmup']} warm-up steps {res['warmup_s']} s)")
     print(f"  synced phases (ms): {ph}  = {res['synced_step_ms']:.1f}")
     print(f"  trainer's step: {res['step_ms']:.1f} ms = {res['it_per_s']} it/s = {res['samples_per_s']} samples/s")
     if res["kernels_per_step"]:
