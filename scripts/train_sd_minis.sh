@@ -85,10 +85,19 @@ THREAD_ARGS=()
 # compiles, minutes on a CPU, inside the stage's budget).  Measured on this CPU (resshift-mini, batch 8, one
 # thread): 2.1 -> 1.3 s a step; not yet measured on a GPU, where the eager step is launch-bound
 [ "${COMPILE:-0}" = 1 ] && THREAD_ARGS+=(--compile)
-# warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet
-# (osediff-mini's LoRA starts afresh on the new prior), at WARM_LR x the learning rate (default 0.5)
-INIT_VAE=(); INIT_SD=()
-if [ -n "${INIT_FROM:-}" ]; then INIT_VAE=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_SD=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); fi
+# warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet,
+# and osediff-mini's generator from the LoRA + conv_in of INIT_OSE (default: the osediff-mini folder beside
+# INIT_FROM, when there is one; its LoRA rank is read from the file; the fake score starts afresh), all at
+# WARM_LR x the learning rate (default 0.5)
+INIT_VAE=(); INIT_SD=(); INIT_OSE=()
+if [ -n "${INIT_FROM:-}" ]; then
+  INIT_VAE=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_SD=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}")
+  INIT_OSE_FROM=${INIT_OSE:-$(dirname "$INIT_FROM")/osediff-mini}
+  if [ -f "$INIT_OSE_FROM/osediff.safetensors" ]; then
+    OSE_RANK=$("$PY" -c "import json, sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'pt'); print(json.loads(f.metadata()['osediff'])['rank_unet'])" "$INIT_OSE_FROM/osediff.safetensors")
+    INIT_OSE=(--set "init_from=$INIT_OSE_FROM" --set "lora_rank=$OSE_RANK" --lr-scale "${WARM_LR:-0.5}")
+  fi
+fi
 TRAIN=("$PY" -m sr_core.training)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 
@@ -126,7 +135,8 @@ fi
 if has ose; then
   echo "== stage 3: osediff-mini (LoRA generator, MSE + LPIPS + VSD on the frozen mini-sd)"
   "${TRAIN[@]}" osediff-mini --pack "$PACK" --out "$RUNS/osediff-mini" --device "$DEVICE" \
-    --set prior_from="$RUNS/mini-sd" --time-budget "$BUDGET_OSE" "${THREAD_ARGS[@]}" "${CPU_OSE[@]}" ${EXTRA_OSE:-}
+    --set prior_from="$RUNS/mini-sd" --time-budget "$BUDGET_OSE" "${THREAD_ARGS[@]}" "${CPU_OSE[@]}" "${INIT_OSE[@]}" \
+    ${EXTRA_OSE:-}
 fi
 
 if has export; then

@@ -236,3 +236,39 @@ def test_warm_start_from_runs_and_from_the_exported_folder(kit, tmp_path):
     # a warm-started stage trains and records where it started
     info = train(_smoke("mini-sd-vae", f"init_from={folder}"), out=tmp_path / "vae2", **kw)
     assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)
+
+
+def test_osediff_warm_start_from_a_bundle_or_a_run(kit, tmp_path):
+    """osediff-mini init_from: the generator's LoRA + conv_in from an exported osediff-mini folder (the fake
+    score starts afresh) or every trainable tensor from a run; another LoRA rank is refused with the fix."""
+    from sr_core.training.export import export_run
+
+    kw = dict(pack_path=kit["pack"], max_steps=2, device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vae_run, sd_run, ose_run = tmp_path / "vae", tmp_path / "sd", tmp_path / "ose"
+    train(_smoke("mini-sd-vae"), out=vae_run, **kw)
+    train(_smoke("mini-sd", f"vae_from={vae_run}"), out=sd_run, **kw)
+    train(_smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=2"), out=ose_run, **kw)
+    ema = torch.load(ose_run / "ckpt" / "last.pt", weights_only=True)["ema"]
+    folder = Path(export_run(ose_run, assets_dir=tmp_path / "assets", evaluate=False)["dir"])
+
+    m = _smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=2", f"init_from={ose_run}").build_model()
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert any(n.startswith("fake_unet.") for n in trainable)
+    for n in trainable:
+        assert torch.equal(m.state_dict()[n], ema[n]), n
+    m = _smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=2", f"init_from={folder}").build_model()
+    sd = m.state_dict()
+    gen = [n for n in trainable if n.startswith(("gen_unet.", "gen_vae."))]
+    assert gen and any("conv_in" in n for n in gen)
+    for n in gen:  # the bundle stores the generator in fp32
+        assert torch.equal(sd[n], ema[n].float()), n
+    fake_b = [n for n in trainable if n.startswith("fake_unet.") and "lora_B" in n]
+    assert fake_b and all(float(ema[n].abs().sum()) > 0 for n in fake_b)  # trained in the run ...
+    assert all(float(sd[n].abs().sum()) == 0 for n in fake_b)  # ... not in a bundle: a fresh fake score
+    with pytest.raises(ValueError, match="set lora_rank=2"):
+        _smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=3", f"init_from={folder}").build_model()
+    with pytest.raises(ValueError, match="another lora_rank"):
+        _smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=3", f"init_from={ose_run}").build_model()
+    info = train(_smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=2", f"init_from={folder}"),
+                 out=tmp_path / "ose2", **kw)
+    assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)

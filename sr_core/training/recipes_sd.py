@@ -398,6 +398,42 @@ def _lora_meta(unet: nn.Module, vae: nn.Module, rank: int) -> dict:
     return meta
 
 
+def warm_start_osediff(trainer: "OSEDiffTrainer", source: str) -> list[str]:
+    """Load `source` into `trainer` (see `OSEDiffRecipe.init_from`); returns the names loaded.  Refused, with
+    what to set, when the LoRA ranks or target modules differ (another `lora_rank`, another prior layout)."""
+    from ..methods.osediff import _PKL_LISTS, _strict_copy, load_osediff_weights, lora_state_dicts
+
+    p = _resolve(source)
+    run = _load_run(p)
+    if run is not None:  # a run: every trainable tensor (generator LoRA + conv_in, fake-score LoRA)
+        own = dict(trainer.named_parameters())
+        names = [n for n, q in own.items() if q.requires_grad]
+        missing = [n for n in names if n not in run]
+        bad = [n for n in names if n in run and tuple(run[n].shape) != tuple(own[n].shape)]
+        if missing or bad:
+            raise ValueError(f"{source}: not this recipe's osediff-mini run (missing {missing[:3]}, other shapes "
+                             f"{bad[:3]}; another lora_rank?)")
+        with torch.no_grad():
+            for n in names:
+                own[n].copy_(run[n].to(own[n].dtype))
+        return names
+    f = p / "osediff.safetensors" if p.is_dir() else p
+    if not f.is_file():
+        raise FileNotFoundError(f"{source}: neither an osediff-mini run (ckpt/last.pt) nor an OSEDiff checkpoint")
+    ck = load_osediff_weights(f)
+    meta = trainer.meta
+    for k in ("rank_unet", "rank_vae"):
+        if int(ck[k]) != int(meta[k]):
+            raise ValueError(f"{source}: LoRA {k} {ck[k]}, this recipe builds {meta[k]}: set lora_rank={ck[k]}")
+    for k in _PKL_LISTS:
+        if sorted(ck[k]) != sorted(meta[k]):
+            raise ValueError(f"{source}: its {k} are not this prior's (another UNet/VAE layout)")
+    su, sv = lora_state_dicts(trainer.gen_unet, trainer.gen_vae)
+    _strict_copy(trainer.gen_unet, su, ck["state_dict_unet"], "UNet")
+    _strict_copy(trainer.gen_vae, sv, ck["state_dict_vae"], "VAE")
+    return [f"gen_unet.{k}" for k in su] + [f"gen_vae.{k}" for k in sv]
+
+
 def _fake_score(unet: nn.Module, meta: dict, rank: int) -> nn.Module:
     """A copy of the prior UNet with one LoRA adapter ("vsd") on the generator's UNet targets; only
     the LoRA weights train (the fake score of VSD)."""
@@ -640,13 +676,19 @@ class OSEDiffRecipe(Recipe):
     vsd_t_min: int = 20
     vsd_t_max: int = 980
     lpips_weights: str = "auto"
+    # warm start: the generator's LoRA + conv_in of an osediff-mini bundle / OSEDiff .safetensors (the fake
+    # score starts afresh), or every trainable tensor of an osediff-mini run (EMA) -- '' = none
+    init_from: str = ""
 
     def build_model(self) -> nn.Module:
         prior = load_prior(self.prior_from, self.model_config)
         cfg = {"stage": "osediff-mini", "prior_from": self.prior_from, "sd": prior["sd"]}
-        return OSEDiffTrainer(prior, cfg, _perceptual(self.lpips_weights, self.lambda_lpips), rank=self.lora_rank,
-                              lambdas=(self.lambda_l2, self.lambda_lpips, self.lambda_vsd, self.lambda_vsd_lora),
-                              vsd_t=(self.vsd_t_min, self.vsd_t_max), scale=self.scale)
+        trainer = OSEDiffTrainer(prior, cfg, _perceptual(self.lpips_weights, self.lambda_lpips), rank=self.lora_rank,
+                                 lambdas=(self.lambda_l2, self.lambda_lpips, self.lambda_vsd, self.lambda_vsd_lora),
+                                 vsd_t=(self.vsd_t_min, self.vsd_t_max), scale=self.scale)
+        if self.init_from:
+            warm_start_osediff(trainer, self.init_from)
+        return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["hr"], batch["lr"])["loss"]
