@@ -29,8 +29,8 @@
 #        order of priority (if their handoffs do not fit $OUT together, the first one's alone comes back);
 #        sd and stablesr not together (stablesr trains on the mini-sd that sd replaces).
 # resshift and sd warm-start from the bundled resshift-mini / mini-sd (autoencoder + UNet) and osediff-mini
-# (its generator's LoRA; the bundles travel, so the pack is smaller): the lent minutes build on the CPU-trained
-# weights.  COLD=1 trains from scratch.  COMPILE=1: every stage trains through torch.compile (unmeasured on a
+# (its generator's LoRA), stablesr from the bundled stablesr-mini (encoder + SFT, CFW fusion); the bundles
+# travel, so the pack is smaller: the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.  COMPILE=1: every stage trains through torch.compile (unmeasured on a
 # GPU: first try it with `python -m sr_core.training profile RECIPE --device cuda --compile --random-sources`).
 # Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
 # them with COLD=1 (as the first lent run did) or give each its own session.
@@ -61,17 +61,18 @@ RUNS=${RUNS:-runs}
 conf() {
   case "$1" in
     resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
-              KEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+              KEEP=(); WKEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
               COLLECT_DEFAULT=export,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
-              KEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
+              KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
               COLLECT_DEFAULT=export,eval,bench ;;
     stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
-              KEEP=(mini-sd); WARM=(); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
+              KEEP=(mini-sd); WKEEP=(stablesr-mini); WARM=(INIT_FROM=assets/weights/stablesr-mini); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
               COLLECT_DEFAULT=export,eval ;;
     *)        echo "unknown issue '$1' (resshift, sd, stablesr)" >&2; exit 2 ;;
   esac
-  if [ "${COLD:-0}" = 1 ] && [ ${#WARM[@]} -gt 0 ]; then WARM=(); KEEP=(); fi  # the kept bundle was the warm start
+  # KEEP: bundles a chain reads; WKEEP: bundles that travel only as its warm start (COLD=1: neither)
+  if [ "${COLD:-0}" = 1 ]; then WARM=(); else KEEP+=("${WKEEP[@]}"); fi
 }
 IFS=, read -r -a ISSUES <<< "$issue"
 if [ ${#ISSUES[@]} -eq 0 ]; then

@@ -16,7 +16,7 @@
 # DEVICE/PACK/RUNS/THREADS) and exported without figures.
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK, RUNS, STAGES (sft, cfw, export, eval), BUDGET_SFT /
-# BUDGET_CFW (minutes; the recipes' max_steps 20000 / 10000 also end a stage), THREADS, PY, PRIOR,
+# BUDGET_CFW (minutes; the recipes' max_steps 20000 / 10000 also end a stage), THREADS, PY, PRIOR, INIT_FROM, COMPILE,
 # EXTRA_SFT / EXTRA_CFW (more `--set key=value`), EVAL_LIMIT (images per set in the export's sweep; 0 = all),
 # EVAL_ROOT (default ../shared/data/eval; the export always reads that one), EVAL_SETS_CLI (sets of the
 # eval stage, default "Set5"), ASSETS (bundle root, default assets/weights, the one `sr_core eval` serves).
@@ -68,6 +68,11 @@ COMMON=(--pack "$PACK" --device "$DEVICE" --no-val)
 [ -n "$THREADS" ] && COMMON+=(--threads "$THREADS")
 [ "${COMPILE:-0}" = 1 ] && COMMON+=(--compile)  # torch.compile'd loss (see train_resshift_minis.sh)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
+# warm start: INIT_FROM=a stablesr-mini bundle or run -> stage 1 continues from its encoder + SFT, stage 2 from
+# its CFW fusion (encoder + SFT from this call's stage 1), at WARM_LR x the learning rate (default 0.5).  Only
+# on the prior it was trained on (a new mini-sd means training from scratch)
+INIT=()
+[ -n "${INIT_FROM:-}" ] && INIT=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}")
 
 # preflight: the perceptual weights of stage 2 (or an explicit lambda_lpips=0)
 if has cfw; then
@@ -96,12 +101,12 @@ fi
 if has sft; then
   echo "== stage 1: stablesr-mini (time-aware encoder + SFT on the frozen mini-sd, eps-MSE)"
   "$PY" -m sr_core.training stablesr-mini --out "$RUNS/stablesr-mini" --time-budget "$BUDGET_SFT" "${COMMON[@]}" \
-      "${CPU_SFT[@]}" --set "prior_from=$PRIOR" ${EXTRA_SFT:-}
+      "${CPU_SFT[@]}" --set "prior_from=$PRIOR" "${INIT[@]}" ${EXTRA_SFT:-}
 fi
 if has cfw; then
   echo "== stage 2: stablesr-cfw-mini (CFW fusion at w = 1, on stage 1)"
   "$PY" -m sr_core.training stablesr-cfw-mini --out "$RUNS/stablesr-cfw-mini" --time-budget "$BUDGET_CFW" \
-      "${COMMON[@]}" "${CPU_CFW[@]}" --set "prior_from=$PRIOR" --set "stage1_from=$RUNS/stablesr-mini" \
+      "${COMMON[@]}" "${CPU_CFW[@]}" --set "prior_from=$PRIOR" --set "stage1_from=$RUNS/stablesr-mini" "${INIT[@]}" \
       ${EXTRA_CFW:-}
 fi
 if has export; then

@@ -102,6 +102,24 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     assert sft and any(not torch.equal(ema1[k], ema2[k]) for k in sft)  # stage 1 moved on after stage 2's start
     assert all(torch.equal(served.denoiser.state_dict()[k[len("net.denoiser."):]], ema1[k].float()) for k in sft)
 
+    # warm starts (init_from) from the bundle or a run: the trained parts as they were; stage1_from still wins
+    import pytest
+
+    fusion = [k for k in ema2 if k.startswith("net.cfw.fusion.")]
+    for stage, src in (("stablesr-mini", d), ("stablesr-cfw-mini", d), ("stablesr-cfw-mini", run2)):
+        m = apply_overrides(get_recipe(stage), _sets(prior) + [f"init_from={src}", "stage1_from="]).build_model()
+        m = m.state_dict()
+        ref = ema2 if src == run2 else ema1  # the run holds the encoder + SFT stage 2 started from
+        assert all(torch.allclose(m[k], ref[k].float()) for k in sft), (stage, src)
+        if stage == "stablesr-cfw-mini":
+            assert all(torch.allclose(m[k], ema2[k].float()) for k in fusion), src
+    m = apply_overrides(get_recipe("stablesr-cfw-mini"), _sets(prior) + [f"init_from={d}", f"stage1_from={run2}"])
+    sd2 = m.build_model().state_dict()
+    assert all(torch.equal(sd2[k], ema2[k]) for k in sft)  # run2's own (stage-1 at its start) encoder + SFT
+    other = _sets(prior) + [f"init_from={d}", "stage1_from=", 'model.fusion={"num_fuse_block": 1, "num_grow_ch": 16, "norm_num_groups": 8}']
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_overrides(get_recipe("stablesr-cfw-mini"), other).build_model()
+
 
 def test_zero_init_sft_normalises_instead_of_passing_through(tmp_path, one_thread):
     """sft_init='zero': gamma = beta = 0, so every SFT layer outputs the GroupNorm of the resnet branch (the

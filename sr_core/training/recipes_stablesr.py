@@ -192,6 +192,37 @@ def zero_init_sft(denoiser: nn.Module) -> int:
     return n
 
 
+_TRAINED = ("net.denoiser.structcond.", "net.denoiser.sft.", "net.cfw.fusion.")
+
+
+def warm_start_stablesr(trainer: StableSRTrainer, source: str) -> list[str]:
+    """Copy the trained parts (encoder, SFT, CFW fusion) of a stablesr-mini bundle or run into `trainer`; the
+    parts its stage trains must all be there with their shapes.  Returns the names copied."""
+    from ..methods.stablesr import MINI_WEIGHTS_FILE
+    from ..weights import load_state_dict
+
+    p = _resolve(source)
+    if (p / "ckpt" / "last.pt").is_file():
+        ck = torch.load(p / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+        sd = ck.get("ema") or ck["model"]
+    elif (p / MINI_WEIGHTS_FILE).is_file() or p.suffix == ".safetensors":
+        sd = {f"net.{k}": v for k, v in load_state_dict(p / MINI_WEIGHTS_FILE if p.is_dir() else p).items()}
+    else:
+        raise FileNotFoundError(f"{source}: neither a stablesr-mini run (ckpt/last.pt) nor a bundle ({MINI_WEIGHTS_FILE})")
+    own = trainer.state_dict()
+    part = {k: v for k, v in sd.items() if k.startswith(_TRAINED) and k in own}
+    trained = {n for n, q in trainer.named_parameters() if q.requires_grad}
+    missing = sorted(trained - set(part))
+    bad = sorted(k for k, v in part.items() if tuple(v.shape) != tuple(own[k].shape))
+    if missing or bad:
+        raise ValueError(f"{source} does not fit this stablesr-mini build (missing {missing[:3]}, other shapes "
+                         f"{bad[:3]}): another model_config?")
+    with torch.no_grad():
+        for k, v in part.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return sorted(part)
+
+
 def _load_stage1(trainer: StableSRTrainer, stage1_from: str) -> None:
     """Copy the trained time-aware encoder + SFT layers (EMA) of a stage-1 run into `trainer`."""
     p = _resolve(stage1_from)
@@ -222,6 +253,10 @@ class StableSRMiniRecipe(Recipe):
     cfw_t_min: int = 200
     cfw_t_max: int = 999
     sft_init: str = "zero"  # 'zero': mlp_gamma/mlp_beta start at 0; 'default': PyTorch's conv init (official)
+    # warm start: a stablesr-mini bundle (stablesr.safetensors) or run (EMA) -> its encoder + SFT and CFW fusion
+    # (what the source has; the parts this stage trains must be there); stage1_from, when set, still gives
+    # the encoder + SFT of stage 'cfw'.  '' = none
+    init_from: str = ""
 
     def _cfg(self) -> dict:
         cfg = json.loads(json.dumps(_DEFAULTS))
@@ -242,6 +277,8 @@ class StableSRMiniRecipe(Recipe):
             lp = _perceptual(self.lpips_weights, self.lambda_lpips)
         trainer = StableSRTrainer(net, {**cfg, "prior_from": self.prior_from}, self.stage, lpips=lp,
                                   lambda_lpips=self.lambda_lpips, cfw_t=(self.cfw_t_min, self.cfw_t_max))
+        if self.init_from:
+            warm_start_stablesr(trainer, self.init_from)
         if self.stage == "cfw" and self.stage1_from:
             _load_stage1(trainer, self.stage1_from)
         return trainer
@@ -286,7 +323,8 @@ def _run_info(run_dir: Path, ck: Optional[dict] = None) -> dict:
     if ck is not None and int(info.get("steps", -1)) != int(ck["step"]):  # the checkpoint is newer
         info = dict(info, steps=int(ck["step"]), wall_seconds=float(ck.get("elapsed", 0.0)))
     return {"steps": info.get("steps"), "wall_seconds": float(info.get("wall_seconds", 0.0)),
-            "device": info.get("device", "unknown"), "mixed_precision": info.get("mixed_precision", "?")}
+            "device": info.get("device", "unknown"), "mixed_precision": info.get("mixed_precision", "?"),
+            "init_from": (info.get("recipe") or {}).get("init_from") or ""}
 
 
 def w_sweep(bundle_dir, hr_dir, *, limit: Optional[int] = None, method_id: str = "stablesr-mini",
@@ -414,8 +452,9 @@ def _card(model_id, recipe, runs, cfg, sweep, digest, size_mb, eval_limit, notes
         r = runs.get(stage)
         if not r:
             return f"- stage `{stage}`: no run information (its run folder was not found at export)."
+        warm = f", warm-started from `{r['init_from']}`" if r.get("init_from") else ""
         return (f"- stage `{stage}`: {r['steps']} steps, {r['wall_seconds'] / 60:.1f} min on {r['device']} "
-                f"(mixed precision {r['mixed_precision']}).")
+                f"(mixed precision {r['mixed_precision']}){warm}.")
 
     return f"""# {model_id}
 
