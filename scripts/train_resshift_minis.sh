@@ -97,7 +97,9 @@ fi
 if has dec; then
   # not in the default STAGES: a better decoder for the bundles' autoencoder, trained after the UNets
   # (train=decoder: encoder + codebook frozen, so the UNets' latent space is unchanged), then swapped into
-  # both bundles with `redecode` (which checks that latent space and re-measures the cards' figures)
+  # both bundles with `redecode` (which checks that latent space and re-measures the cards' figures).
+  # Measured on the CPU (55 min): round trip BSD100 27.17 -> 27.26 dB, but resshift-mini 26.09 -> 26.04 and
+  # sinsr-mini 26.00 -> 25.95 (Set5/Set14 rose): not adopted -- check BSD100 before keeping a new decoder
   echo "== decoder fine-tune of $ASSETS/resshift-mini's autoencoder, then redecode both bundles"
   "${TRAIN[@]}" vqf4-mini --pack "$PACK" --out "$RUNS/vqf4-dec" --device "$DEVICE" --no-val \
     --set train=decoder --set init_from="$ASSETS/resshift-mini" --lr-scale "${WARM_LR:-0.5}" \

@@ -35,6 +35,11 @@ Objectives follow the official code (read, not copied):
   `train=decoder` only post_quant_conv + decoder of a trained autoencoder learn (same losses, no VQ
   terms): the latent space stays the UNet's, so the decoder can be improved after the UNet was
   trained (`redecode`), which a full autoencoder continuation cannot (it moves the latents).
+  Measured 2026-11-30 (CPU, 55 min, 3592 steps, batch 16): the round trip rose (Set5 / Set14 / BSD100
+  28.79 / 26.23 / 27.17 -> 29.23 / 26.38 / 27.26 dB) but the minis decoded through it did not on BSD100
+  (resshift-mini 27.88 / 25.33 / 26.09 -> 28.10 / 25.42 / 26.04, sinsr-mini 27.77 / 25.26 / 26.00 ->
+  27.81 / 25.33 / 25.95): a decoder fitted to clean codes is no better on the UNets' predicted ones,
+  so the bundles kept their decoder.
 - stage 2 (ResShift `GaussianDiffusion.training_losses`): z0 = E(HR), y = E(bicubic-up(LR)) with the
   pre-quantisation encoder and torch's bicubic x4, t ~ U{0..T-1}, x_t = q_sample(z0, y, t, eps), the
   UNet predicts z0 from (x_t / sqrt(kappa^2 eta_t + 1), t, lq = LR in [-1, 1]); loss MSE in latent
