@@ -260,3 +260,24 @@ def test_a_compiler_that_fails_leaves_the_run_training_eagerly(tiny, tmp_path, m
                  mixed_precision="no", val_dir=None, log=said.append, compile=True)
     assert info["steps"] == 3 and info["compiled"] is False and len(_losses(tmp_path / "run")) == 3
     assert any("torch.compile failed" in s and "no compiler here" in s for s in said)
+
+
+@pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")),
+                    reason="torch.compile on the CPU needs a C++ compiler (inductor)")
+def test_compiled_vq_training_does_not_recompile_every_step(tmp_path, monkeypatch):
+    """vqf4-mini keeps a host-side step counter for its codebook restarts: outside the compiled graph, or
+    every step would guard-fail and recompile (the restart's yes / no is two variants, no more)."""
+    import torch._dynamo
+
+    from sr_core.training import recipes_resshift as RR
+    from training_helpers import tiny_kit
+
+    kit = tiny_kit(tmp_path / "kit", 3, 1, train_size=(64, 64))
+    r = RR.RESSHIFT_RECIPES["vqf4-mini"]
+    recipe = apply_overrides(r, list(r.smoke))
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    info = train(recipe, pack_path=kit["pack"], out=tmp_path / "run", max_steps=12, device="cpu",
+                 mixed_precision="no", val_dir=None, log=lambda s: None, compile=True)
+    assert info["compiled"] and info["steps"] == 12

@@ -216,6 +216,7 @@ class VQTrainer(_HasConfig):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self._step: Optional[int] = None  # steps_seen on the host: read once, not synchronised every step
 
+    @torch.compiler.disable  # host-side bookkeeping (a step counter, data-dependent restarts): eager under --compile
     @torch.no_grad()
     def _maintain_codebook(self, flat: torch.Tensor, idx: torch.Tensor) -> bool:
         """Init / dead-code restart; True when the codebook changed."""
