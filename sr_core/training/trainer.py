@@ -94,9 +94,9 @@ def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_si
 
 def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
     """`torch.compile(model)` for the loss of the training step (static shapes: the batches of a run have one
-    size).  Measured on this project's CPU (resshift-mini, batch 8, bf16, one thread): 2.1 -> 1.3 s a step,
-    after ~4 min of compiling; on a GPU, where the eager step is bound by ~3e4 kernel launches, fusing is
-    the point.  The wrapper shares the module's parameters."""
+    size).  Measured on this project's CPU (`profile resshift-mini --batch 8 --threads 2`, bf16): 1.83 ->
+    1.09 s a step, after ~1 min of compiling (inductor's cache warm; ~4 min cold); on a GPU, where the eager
+    step is bound by ~3e4 kernel launches, fusing is the point.  The wrapper shares the module's parameters."""
     return torch.compile(model, dynamic=False)
 
 
