@@ -224,7 +224,7 @@ def test_warm_start_from_a_run_keeps_its_weights_and_codebook(tiny, tmp_path):
         bad.build_model()
 
 
-def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bundle(tiny, tmp_path):
+def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bundle(tiny, tmp_path, monkeypatch):
     """train=decoder: only post_quant_conv + decoder learn (encoder, quant_conv, codebook bit for bit the
     warm start's, no codebook restarts); `redecode_bundle` puts that decoder into an exported bundle,
     refuses one from another latent space, and rewrites the card's figures, sums and train_info."""
@@ -261,6 +261,15 @@ def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bu
     with pytest.raises(ValueError, match="latent side differs"):
         RR.redecode_bundle(bundle, other, evaluate=False)
     assert sha256_file(bundle / "autoencoder.safetensors") == before["autoencoder.safetensors"]  # untouched
+
+    def broken(*a, **k):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(RR, "evaluate_bundle", broken)
+    with pytest.raises(RuntimeError, match="evaluation failed"):  # the old decoder is put back
+        RR.redecode_bundle(bundle, dec, eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
+    assert sha256_file(bundle / "autoencoder.safetensors") == before["autoencoder.safetensors"]
+    monkeypatch.undo()
 
     out = RR.redecode_bundle(bundle, dec, eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
     new = load_state_dict(bundle / "autoencoder.safetensors")

@@ -734,7 +734,6 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     sinsr-mini run; the UNet is stored in fp16 (the loader casts to the network's dtype), the
     autoencoder in fp32.  Figures are computed on the written bundle through the method."""
     from ..methods.resshift import write_bundle
-    from ..weights import sha256_file
 
     run_dir = Path(run_dir)
     ck = torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
@@ -756,14 +755,27 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     unet = _half_copy(model.unet) if unet_dtype == "fp16" else copy.deepcopy(model.unet)
     write_bundle(dest, cfg, unet, model.ae)
     figures = evaluate_bundle(kind, dest, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
-    files = ("config.json", "model.safetensors", "autoencoder.safetensors")
-    sums = {f: sha256_file(dest / f) for f in files}
-    size_mb = sum((dest / f).stat().st_size for f in files) / 1e6
-    extra = {"unet_params": _params(model.unet), "ae_params": _params(model.ae), "size_mb": round(size_mb, 2),
-             "eval_x4": figures, "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
-    (dest / "MODEL_CARD.md").write_text(_card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit, notes))
+    extra = {"unet_params": _params(model.unet), "ae_params": _params(model.ae), "eval_x4": figures,
+             "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
+    return _finish_bundle(dest, model_id, kind, recipe, dict(info, exported_weights=which), cfg, extra, eval_limit,
+                          notes)
+
+
+_BUNDLE_FILES = ("config.json", "model.safetensors", "autoencoder.safetensors")
+
+
+def _finish_bundle(dest: Path, model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict,
+                   eval_limit, notes: str, tail: str = "") -> dict:
+    """MODEL_CARD.md (+ `tail`, sections kept from an earlier card), SHA256SUMS and train_info.json of a
+    written bundle; returns {'dir', **extra} with the size added."""
+    from ..weights import sha256_file
+
+    sums = {f: sha256_file(dest / f) for f in _BUNDLE_FILES}
+    extra = dict(extra, size_mb=round(sum((dest / f).stat().st_size for f in _BUNDLE_FILES) / 1e6, 2))
+    card = _card(model_id, kind, recipe, info, cfg, extra, sums, eval_limit, notes)
+    (dest / "MODEL_CARD.md").write_text(card + (("\n" + tail + "\n") if tail else ""))
     (dest / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
-    (dest / "train_info.json").write_text(json.dumps(dict(info, exported_weights=which), indent=2) + "\n")
+    (dest / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"dir": str(dest), **extra}
 
 
@@ -903,7 +915,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     before / after) and the model card (figures recomputed through the method; its notes and any
     later sections are kept)."""
     from ..nets.vqgan import VQModel
-    from ..weights import load_into, load_state_dict, save_safetensors, sha256_file
+    from ..weights import load_into, load_state_dict, save_safetensors
 
     bundle = Path(bundle)
     cfg = json.loads((bundle / "config.json").read_text())
@@ -938,27 +950,25 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
              "finished": run_info.get("finished"), "recon_limit": limit,
              "recon_before": _recon_sets(ae_old, eval_sets, eval_root, limit),
              "recon_after": _recon_sets(ae_new, eval_sets, eval_root, limit)}
-    save_safetensors(merged, bundle / "autoencoder.safetensors")
-    info = dict(info, decoder_finetune=entry)
-    figures = evaluate_bundle(kind, bundle, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
-    files = ("config.json", "model.safetensors", "autoencoder.safetensors")
-    sums = {f: sha256_file(bundle / f) for f in files}
+    ae_path = bundle / "autoencoder.safetensors"
+    old_bytes = ae_path.read_bytes()
+    save_safetensors(merged, ae_path)
+    try:  # measured on the bundle as the method serves it; a failure puts the old decoder back
+        figures = evaluate_bundle(kind, bundle, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
+    except BaseException:
+        ae_path.write_bytes(old_bytes)
+        raise
     from ..nets.resshift_unet import ResShiftUNet
 
     unet_sd = load_state_dict(bundle / "model.safetensors")
-    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])),
-             "ae_params": sum(v.numel() for v in merged.values()),
-             "size_mb": round(sum((bundle / f).stat().st_size for f in files) / 1e6, 2), "eval_x4": figures,
+    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])), "ae_params": _params(ae_new), "eval_x4": figures,
              "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
              "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32"}
     card_path = bundle / "MODEL_CARD.md"
     notes, tail = _card_sections(card_path.read_text()) if card_path.exists() else ("", "")
-    card = _card(cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]), info, cfg, extra, sums,
-                 eval_limit if evaluate else None, notes)
-    card_path.write_text(card + (("\n" + tail + "\n") if tail else ""))
-    (bundle / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sums.items()))
-    (bundle / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return {"dir": str(bundle), "decoder_finetune": entry, **extra}
+    res = _finish_bundle(bundle, cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]),
+                         dict(info, decoder_finetune=entry), cfg, extra, eval_limit if evaluate else None, notes, tail)
+    return dict(res, decoder_finetune=entry)
 
 
 # ------------------------------------------------------------------------------------------------
