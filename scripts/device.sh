@@ -30,8 +30,9 @@
 #        sd and stablesr not together (stablesr trains on the mini-sd that sd replaces).
 # resshift and sd warm-start from the bundled resshift-mini / mini-sd (autoencoder + UNet) and osediff-mini
 # (its generator's LoRA), stablesr from the bundled stablesr-mini (encoder + SFT, CFW fusion); the bundles
-# travel, so the pack is smaller: the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.  COMPILE=1: every stage trains through torch.compile (unmeasured on a
-# GPU: first try it with `python -m sr_core.training profile RECIPE --device cuda --compile --random-sources`).
+# travel, so the pack is smaller: the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.
+# COMPILE=1: every stage trains through torch.compile (unmeasured on a GPU: first try it with
+# `python -m sr_core.training profile RECIPE --device cuda --compile --random-sources`).
 # Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
 # them with COLD=1 (as the first lent run did) or give each its own session.
 # Knobs: GPU_MIN (training minutes per chain, default 7; split over its stages as below), TIMEOUT_S (the

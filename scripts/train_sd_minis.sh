@@ -86,16 +86,16 @@ THREAD_ARGS=()
 # batch 8, 2 threads): 1.83 -> 1.09 s a step; not yet measured on a GPU, where the eager step is launch-bound
 [ "${COMPILE:-0}" = 1 ] && THREAD_ARGS+=(--compile)
 # warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet,
-# and osediff-mini's generator from the LoRA + conv_in of INIT_OSE (default: the osediff-mini folder beside
+# and osediff-mini's generator from the LoRA + conv_in of OSE_INIT_FROM (default: the osediff-mini folder beside
 # INIT_FROM, when there is one; its LoRA rank is read from the file; the fake score starts afresh), all at
 # WARM_LR x the learning rate (default 0.5)
 INIT_VAE=(); INIT_SD=(); INIT_OSE=()
 if [ -n "${INIT_FROM:-}" ]; then
   INIT_VAE=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_SD=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}")
-  INIT_OSE_FROM=${INIT_OSE:-$(dirname "$INIT_FROM")/osediff-mini}
-  if [ -f "$INIT_OSE_FROM/osediff.safetensors" ]; then
-    OSE_RANK=$("$PY" -c "import json, sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'pt'); print(json.loads(f.metadata()['osediff'])['rank_unet'])" "$INIT_OSE_FROM/osediff.safetensors")
-    INIT_OSE=(--set "init_from=$INIT_OSE_FROM" --set "lora_rank=$OSE_RANK" --lr-scale "${WARM_LR:-0.5}")
+  OSE_INIT_FROM=${OSE_INIT_FROM:-$(dirname "$INIT_FROM")/osediff-mini}
+  if [ -f "$OSE_INIT_FROM/osediff.safetensors" ]; then
+    OSE_RANK=$("$PY" -c "import json, sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'pt'); print(json.loads(f.metadata()['osediff'])['rank_unet'])" "$OSE_INIT_FROM/osediff.safetensors")
+    INIT_OSE=(--set "init_from=$OSE_INIT_FROM" --set "lora_rank=$OSE_RANK" --lr-scale "${WARM_LR:-0.5}")
   fi
 fi
 TRAIN=("$PY" -m sr_core.training)
