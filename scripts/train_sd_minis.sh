@@ -81,10 +81,7 @@ else
 fi
 THREAD_ARGS=()
 [ -n "$THREADS" ] && THREAD_ARGS=(--threads "$THREADS")
-# COMPILE=1: every stage computes its loss through torch.compile (the trainer's --compile; the first step
-# compiles, minutes on a CPU, inside the stage's budget).  Measured on this CPU (`profile resshift-mini`,
-# batch 8, 2 threads): 1.83 -> 1.09 s a step; not yet measured on a GPU, where the eager step is launch-bound
-[ "${COMPILE:-0}" = 1 ] && THREAD_ARGS+=(--compile)
+[ "${COMPILE:-0}" = 1 ] && THREAD_ARGS+=(--compile)  # torch.compile'd loss (see train_resshift_minis.sh)
 # warm start: INIT_FROM=a mini-sd folder or run -> mini-sd-vae continues from its VAE and mini-sd from its UNet,
 # and osediff-mini's generator from the LoRA + conv_in of OSE_INIT_FROM (default: the osediff-mini folder beside
 # INIT_FROM, when there is one; its LoRA rank is read from the file; the fake score starts afresh), all at
