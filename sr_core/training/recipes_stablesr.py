@@ -195,26 +195,19 @@ def zero_init_sft(denoiser: nn.Module) -> int:
 _TRAINED = ("net.denoiser.structcond.", "net.denoiser.sft.", "net.cfw.fusion.")
 
 
-def warm_start_stablesr(trainer: StableSRTrainer, source: str) -> list[str]:
-    """Copy the trained parts (encoder, SFT, CFW fusion) of a stablesr-mini bundle or run into `trainer`; the
-    parts its stage trains must all be there with their shapes.  Returns the names copied."""
-    from ..methods.stablesr import MINI_WEIGHTS_FILE
-    from ..weights import load_state_dict
+def _run_state(p: Path) -> dict:
+    ck = torch.load(p / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    return ck.get("ema") or ck["model"]
 
-    p = _resolve(source)
-    if (p / "ckpt" / "last.pt").is_file():
-        ck = torch.load(p / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
-        sd = ck.get("ema") or ck["model"]
-    elif (p / MINI_WEIGHTS_FILE).is_file() or p.suffix == ".safetensors":
-        sd = {f"net.{k}": v for k, v in load_state_dict(p / MINI_WEIGHTS_FILE if p.is_dir() else p).items()}
-    else:
-        raise FileNotFoundError(f"{source}: neither a stablesr-mini run (ckpt/last.pt) nor a bundle ({MINI_WEIGHTS_FILE})")
+
+def _copy_parts(trainer: StableSRTrainer, sd: dict, prefixes: tuple, required: set, source) -> list[str]:
+    """Copy the entries of `sd` under `prefixes` into `trainer`; every name in `required` must be there and
+    every shape must match, else nothing is copied.  Returns the names copied."""
     own = trainer.state_dict()
-    part = {k: v for k, v in sd.items() if k.startswith(_TRAINED) and k in own}
-    trained = {n for n, q in trainer.named_parameters() if q.requires_grad}
-    missing = sorted(trained - set(part))
+    part = {k: v for k, v in sd.items() if k.startswith(prefixes) and k in own}
+    missing = sorted(required - set(part))
     bad = sorted(k for k, v in part.items() if tuple(v.shape) != tuple(own[k].shape))
-    if missing or bad:
+    if missing or bad or not part:
         raise ValueError(f"{source} does not fit this stablesr-mini build (missing {missing[:3]}, other shapes "
                          f"{bad[:3]}): another model_config?")
     with torch.no_grad():
@@ -223,21 +216,30 @@ def warm_start_stablesr(trainer: StableSRTrainer, source: str) -> list[str]:
     return sorted(part)
 
 
+def warm_start_stablesr(trainer: StableSRTrainer, source: str) -> list[str]:
+    """Copy the trained parts (encoder, SFT, CFW fusion) of a stablesr-mini bundle or run into `trainer`; the
+    parts its stage trains must all be there with their shapes.  Returns the names copied."""
+    from ..methods.stablesr import MINI_WEIGHTS_FILE
+    from ..weights import load_state_dict
+
+    p = _resolve(source)
+    if (p / "ckpt" / "last.pt").is_file():
+        sd = _run_state(p)
+    elif (p / MINI_WEIGHTS_FILE).is_file() or p.suffix == ".safetensors":
+        sd = {f"net.{k}": v for k, v in load_state_dict(p / MINI_WEIGHTS_FILE if p.is_dir() else p).items()}
+    else:
+        raise FileNotFoundError(f"{source}: neither a stablesr-mini run (ckpt/last.pt) nor a bundle ({MINI_WEIGHTS_FILE})")
+    trained = {n for n, q in trainer.named_parameters() if q.requires_grad}
+    return _copy_parts(trainer, sd, _TRAINED, trained, source)
+
+
+_STAGE1 = ("net.denoiser.structcond.", "net.denoiser.sft.")
+
+
 def _load_stage1(trainer: StableSRTrainer, stage1_from: str) -> None:
     """Copy the trained time-aware encoder + SFT layers (EMA) of a stage-1 run into `trainer`."""
-    p = _resolve(stage1_from)
-    ck = torch.load(p / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
-    sd = ck.get("ema") or ck["model"]
-    own = trainer.state_dict()
-    part = {k: v for k, v in sd.items() if k.startswith(("net.denoiser.structcond.", "net.denoiser.sft."))}
-    want = [k for k in own if k.startswith(("net.denoiser.structcond.", "net.denoiser.sft."))]
-    missing = sorted(set(want) - set(part))
-    if missing or not part:
-        raise ValueError(f"{stage1_from} is not a stablesr-mini stage-1 run of this config (missing {missing[:5]})")
-    for k, v in part.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"{stage1_from}: {k} has shape {tuple(v.shape)}, the network {tuple(own[k].shape)}")
-        own[k].copy_(v)
+    want = {k for k in trainer.state_dict() if k.startswith(_STAGE1)}
+    _copy_parts(trainer, _run_state(_resolve(stage1_from)), _STAGE1, want, f"{stage1_from} (stage 1)")
 
 
 @dataclass(frozen=True)
