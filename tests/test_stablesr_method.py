@@ -215,6 +215,31 @@ def test_official_method_runs_on_local_files_and_says_what_is_missing(official, 
         m.model("cpu")
     tiny = StableSR("turbo", weights=main, cfw_weights=cfw, unet_variant="tiny")
     assert tiny.availability().ok
+    assert tiny.min_side == 512 and "512 px" in tiny.info.description  # the official script's rule
     r = _run(tiny, _lr(), seed=0, fidelity=0.5, color_fix="adain")
     out = np.asarray(r.image)
     assert out.shape == (128, 128, 3) and r.settings.steps == 2
+
+
+def test_min_side_runs_small_inputs_at_the_scripts_size_and_resizes_back(mini, monkeypatch):
+    """The official script computes outputs under 512 px on the short side at 512 (a non-integer factor of
+    the LR: sizes int(side * 512 / short side)) and resizes the result back to x4; the mini is off by default."""
+    assert mini.min_side == 0 and StableSR("official").min_side == 512
+    wide = StableSR("mini", bundle_dir=mini.bundle, min_side=200, latent_cache_mb=0)
+    m = wide.model("cpu")
+    seen = []
+    real = type(m).encode_lr_tiled
+
+    def spy(self, x, *a, **k):
+        seen.append(tuple(x.shape[-2:]))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(type(m), "encode_lr_tiled", spy)
+    lr = _lr(32, 48, seed=5)
+    r = _run(wide, lr, seed=0, fidelity=1.0)
+    assert r.image.size == (192, 128)  # x4 of the input, whatever size it was computed at
+    assert seen == [(256, 320)]  # 200 x 300 (x 6.25), padded to the UNet's multiple of 64
+    assert np.isfinite(np.asarray(r.image, dtype=np.float32)).all()
+    seen.clear()
+    _run(mini, lr, seed=0, fidelity=1.0)  # default: x4 as asked
+    assert seen == [(128, 192)]

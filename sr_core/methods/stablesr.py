@@ -17,9 +17,9 @@ time-aware encoder, SFT and CFW layers) through the same class.  Noise is a pure
 seed and the latent position (`RunContext.randn`), so tiles agree where they overlap.  Differences
 from the script, on purpose: the posterior noise comes from `RunContext.randn` (the script uses the
 global RNG); the VAE encode/decode is tiled with Gaussian blending on latent tiles instead of
-cutting the image into 1280 px pieces that each run the whole sampler; inputs are not first
-upsampled to 512 px on the short side (`min_side`, default off); the colour fix (default adain, as
-the paper) is applied once by the facade.  The code is ours.
+cutting the image into 1280 px pieces that each run the whole sampler; the final resize of an input
+first upsampled to 512 px on the short side (`min_side`) is antialiased; the colour fix (default adain,
+as the paper) is applied once by the facade.  The code is ours.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ FIRST_STAGE = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
 SCALE_FACTOR = 0.18215  # v2-finetune_text_T_512.yaml scale_factor
 DEFAULT_LATENT_TILE = 64  # latent px (512 output px): the script's input_size / 8
+OFFICIAL_MIN_SIDE = 512  # the script upsamples inputs whose short side x upscale is below 512 px to 512
 DEFAULT_LATENT_OVERLAP = 32  # latent px, the script's tile_overlap
 CPU_VAE_TILE = 96  # latent px per VAE decode tile on the CPU (memory); CUDA: 160 (1280 px, as the script)
 MINI_WEIGHTS_FILE = "stablesr.safetensors"
@@ -338,20 +339,23 @@ class StableSR:
     the CFW weight w; Settings.steps the respaced steps (1..1000); Settings.tile / tile_overlap are in LR
     pixels like every method's, the sampler's latent tiles are half that (1 latent px = 2 LR px = 8
     output px; default 128 LR px = 64 latent px as the script).  `dtype` "auto" is fp16 on CUDA.
-    `min_side` upsamples inputs whose short output side is below it (the script uses 512) and scales the
-    result back down.  `unet_variant` names the UNet layout of the official files ("sd21"; "tiny" in tests).
+    `min_side` upsamples inputs whose short output side is below it to that side and scales the result
+    back down; default (None): 512 for the official checkpoints, as the script always does
+    (`upsample_scale = max(512 / short LR side, upscale)`: SD-2.1 works at 512 px), 0 (off) for the mini.  `unet_variant` names the UNet layout of the official files ("sd21"; "tiny" in tests).
     The sampled latent of recent inputs is kept (`latent_cache_mb`, 0 = off): a run that differs from an
     earlier one only in w skips the diffusion steps and gives what a full run would.
     """
 
     def __init__(self, variant: str = "official", *, weights: Optional[os.PathLike | str] = None,
                  cfw_weights: Optional[os.PathLike | str] = None, bundle_dir: Optional[os.PathLike | str] = None,
-                 method_id: Optional[str] = None, dtype: str = "auto", min_side: int = 0,
+                 method_id: Optional[str] = None, dtype: str = "auto", min_side: Optional[int] = None,
                  unet_variant: str = "sd21", latent_cache_mb: int = 64):
         if variant not in (*VARIANTS, "mini"):
             raise ValueError(f"unknown StableSR variant {variant!r}; valid: {', '.join((*VARIANTS, 'mini'))}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        if min_side is None:  # the script's rule for the SD-2.1 checkpoints; the mini prior was trained small
+            min_side = 0 if variant == "mini" else OFFICIAL_MIN_SIDE
         self.variant, self.dtype, self.min_side = variant, dtype, int(min_side)
         self.unet_variant = unet_variant  # "sd21" for the released files; "tiny" for tests
         self._models: dict[tuple[str, str], StableSRModel] = {}
@@ -392,6 +396,9 @@ class StableSR:
             label = "StableSR (SD-2.1, fidelity w)" if variant == "official" else "StableSR turbo (4 steps)"
             desc = ("Stable Diffusion 2.1 steered by the LR (Wang et al. 2023): time-aware encoder + SFT, "
                     "aggregation sampling over latent tiles, CFW decoder with the fidelity-realism weight w.")
+            if self.min_side:
+                desc += (f" Outputs under {self.min_side} px on the short side are computed at {self.min_side} "
+                         "px and resized down, as the official script does.")
             licence = LICENCE
         self.info = MethodInfo(
             id=mid, label=label, description=desc, scales=(4,), default_scale=4,
@@ -471,10 +478,14 @@ def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w
     an earlier run on the same input and settings (the steps are skipped); `on_latent(z)` receives it."""
     dev, dt = ctx.device, m.dtype
     h0, w0 = lr.shape[-2:]
-    up_scale = scale
-    if min_side and min(h0, w0) * scale < min_side:  # the script's "at least 512 px" upsampling
-        up_scale = -(-min_side // min(h0, w0))
-    x = torch_bicubic(lr, up_scale)
+    out_hw = up_hw = (h0 * scale, w0 * scale)
+    if min_side and min(h0, w0) * scale < min_side:  # the script's "at least 512 px" upsampling:
+        s = min_side / min(h0, w0)  # upsample_scale = max(512 / short LR side, upscale), sizes int(side * s)
+        up_hw = (int(h0 * s + 1e-6), int(w0 * s + 1e-6))
+    if up_hw == out_hw:
+        x = torch_bicubic(lr, scale)
+    else:
+        x = F.interpolate(lr.float(), size=up_hw, mode="bicubic", align_corners=False).clamp(0, 1)
     x = _pad_to(x, 64)  # latent a multiple of 8: the UNet's three downsamplings (the script pads to 32)
     x = (x * 2 - 1).to(dev, dt)
     lh, lw = x.shape[-2] // 8, x.shape[-1] // 8
@@ -508,10 +519,9 @@ def sample(m: StableSRModel, lr: torch.Tensor, ctx: RunContext, *, steps: int, w
     ctx.report(0.92, f"{label}: decoding (w = {w:g})")
     out = m.cfw.decode_tiled(z / m.scale_factor, feats, w, vae_tile, 16)
     out = ((out.float() + 1) / 2).clamp(0, 1)
-    if up_scale != scale:  # back to x`scale` of the input (the script's final resize)
-        out = out[:, :, :h0 * up_scale, :w0 * up_scale]
-        out = F.interpolate(out, size=(h0 * scale, w0 * scale), mode="bicubic", align_corners=False,
-                            antialias=True).clamp(0, 1)
+    if up_hw != out_hw:  # back to x`scale` of the input (the script's final bicubic resize; antialiased
+        out = out[:, :, :up_hw[0], :up_hw[1]]  # here, which the script's is not)
+        out = F.interpolate(out, size=out_hw, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     ctx.report(1.0, f"{label}: done")
     return out[:, :, :h0 * scale, :w0 * scale]
 
