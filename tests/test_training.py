@@ -83,6 +83,36 @@ def test_cpu_smoke_every_recipe(name, tiny, tmp_path):
     assert np.mean(losses[-8:]) < np.mean(losses[:8])
     assert (out / "ckpt" / "last.pt").exists() and (out / "train_info.json").exists()
     assert info["final_val_set5"]["n"] == 2
+    # the loss's named parts, logged beside it (recipes whose loss is one term write none)
+    parts = {"sinsr-mini": {"distill", "inverse", "gt"}, "osediff-mini": {"mse", "lpips", "diff", "vsd_grad_rms"},
+             "mini-sd-vae": {"l1", "kl"}, "vqf4-mini": {"l1", "codebook", "commit"}, "mini-sd": {"mse"},
+             "resshift-mini": {"mse"}, "stablesr-mini": {"mse"}, "stablesr-cfw-mini": {"l1"}}.get(name)
+    if parts is None:
+        assert not (out / "terms.csv").exists()
+    else:
+        rows = _rows(out / "terms.csv")
+        assert [int(r["step"]) for r in rows] == list(range(1, 41))
+        assert parts <= set(rows[0]) and all(np.isfinite(float(r[k])) for r in rows for k in parts)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_terms_log_survives_a_resume(tiny, tmp_path):
+    name = "sinsr-mini"
+    recipe = apply_overrides(get_recipe(name), list(get_recipe(name).smoke) + ["ckpt_every=3"])
+    out = tmp_path / "run"
+    kw = dict(pack_path=tiny["pack"], out=out, device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    train(recipe, max_steps=4, **kw)  # checkpoint at 3; rows 1..4 logged
+    assert [int(r["step"]) for r in _rows(out / "terms.csv")] == [1, 2, 3, 4]
+    lines = []
+    train(recipe, max_steps=6, resume=True, **{**kw, "log": lines.append})
+    rows = _rows(out / "terms.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # row 4 was dropped and rerun from the step-3 checkpoint
+    assert list(rows[0]) == ["step", "distill", "gt", "inverse"]
+    assert any("(distill " in ln and " inverse " in ln for ln in lines)  # the console line names the parts
 
 
 def test_resume_and_export(tiny, tmp_path):

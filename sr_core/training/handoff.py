@@ -12,7 +12,7 @@ A handoff of run R is `R.NN-of-MM.safetensors` shards (each under `max_mib`), ho
 training changed -- every parameter that is trainable in a freshly built model of the run's recipe, plus
 any tensor that differs from that fresh build -- in fp16 by default (what the bundles store; fp32 on
 request; a tensor with values past fp16's range, such as vqf4-mini's code-hit counter, travels in fp32),
-and in the first shard's metadata the run's recipe, step, wall time, train_info.json and log.csv.
+and in the first shard's metadata the run's recipe, step, wall time, train_info.json, log.csv and terms.csv.
 Everything else (frozen networks, LPIPS) is rebuilt by `recipe.build_model()` from the same sources as in training, so `adopt` needs those sources
 here under the same paths (the recipes name them relative to the repository: adopt the runs in the order
 they were trained, e.g. vqf4-mini before resshift-mini).  The adopted `ckpt/last.pt` holds model = ema =
@@ -77,6 +77,9 @@ def write_handoff(run_dir, out_dir, *, name: Optional[str] = None, max_mib: floa
             "elapsed": repr(float(ck.get("elapsed", 0.0))), "mixed_precision": str(ck.get("mixed_precision", "?")),
             "train_info": info_p.read_text() if info_p.is_file() else "{}",
             "log_csv": log_p.read_text() if log_p.is_file() else "", "names": json.dumps(names), "seq": str(int(seq))}
+    terms_p = run_dir / "terms.csv"
+    if terms_p.is_file():
+        meta["terms_csv"] = terms_p.read_text()
     limit = int(max_mib * 2**20) - 4096
     # bytes of a shard: its tensors, a header entry per tensor (name, dtype, shape, offsets) and, in the
     # first shard, the metadata (JSON-escaped: up to twice its length)
@@ -170,4 +173,6 @@ def adopt_handoff(shards: Iterable, run_dir) -> dict:
     (run_dir / "train_info.json").write_text(meta.get("train_info") or "{}")
     if meta.get("log_csv"):
         (run_dir / "log.csv").write_text(meta["log_csv"])
+    if meta.get("terms_csv"):
+        (run_dir / "terms.csv").write_text(meta["terms_csv"])
     return {"run": str(run_dir), "recipe": recipe.name, "step": step, "tensors": len(carried)}

@@ -62,6 +62,11 @@ class Recipe:
         """Training loss for a batch {'hr': (N,3,H,W), 'lr': (N,3,h,w)} in [0, 1]."""
         raise NotImplementedError
 
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        """The training loss (key "loss", what is optimised) and its named parts, for the trainer's
+        `terms.csv` (scalars; the parts are logged, never back-propagated).  Default: the loss alone."""
+        return {"loss": self.loss(model, batch)}
+
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
         """SR image in [0, 1] for an LR float tensor (1, 3, h, w) in [0, 1]."""
         raise NotImplementedError

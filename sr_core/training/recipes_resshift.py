@@ -532,7 +532,10 @@ class VQF4Recipe(Recipe):
         return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"])
 
     def export_run(self, run_dir, **kw) -> dict:
         raise ValueError("vqf4-mini is not exported on its own: stage 2 reads it (ae_from=RUN) and the "
@@ -569,7 +572,10 @@ class ResShiftRecipe(Recipe):
         return ResShiftTrainer(unet, ae, cfg)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"], batch["lr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"], batch["lr"])
 
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
         m = _unwrap(model)
@@ -600,7 +606,10 @@ class SinSRRecipe(Recipe):
         return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt))
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"], batch["lr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"], batch["lr"])
 
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
         m = _unwrap(model)

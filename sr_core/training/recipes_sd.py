@@ -593,7 +593,10 @@ class SDVAERecipe(Recipe):
                           self.kl_weight)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"])
 
     @torch.no_grad()
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
@@ -634,7 +637,10 @@ class SDPriorRecipe(Recipe):
         return PriorTrainer(unet, vae, cfg, ctx)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"])
 
     @torch.no_grad()
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
@@ -691,7 +697,10 @@ class OSEDiffRecipe(Recipe):
         return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"], batch["lr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"], batch["lr"])
 
     @torch.no_grad()
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:

@@ -286,7 +286,10 @@ class StableSRMiniRecipe(Recipe):
         return trainer
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["hr"], batch["lr"])["loss"]
+        return self.loss_terms(model, batch)["loss"]
+
+    def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        return model(batch["hr"], batch["lr"])
 
     @torch.no_grad()
     def infer(self, model: nn.Module, lr: torch.Tensor, w: Optional[float] = None) -> torch.Tensor:

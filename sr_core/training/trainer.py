@@ -6,7 +6,8 @@ recipe's degradation on the device, the recipe's loss under autocast (bf16 on GP
 else fp16 with loss scaling; bf16 on CPUs with native bf16 support), gradient clipping, an Adam step
 with the recipe's warm-up + cosine learning rate, and an EMA of the weights.  Every `ckpt_every`
 steps `OUT/ckpt/last.pt` holds model, EMA, optimiser, step, elapsed time and RNG states so that
-`--resume` continues where it stopped; `OUT/log.csv` gets (step, loss, lr, seconds) rows and
+`--resume` continues where it stopped; `OUT/log.csv` gets (step, loss, lr, seconds) rows,
+`OUT/terms.csv` the means of the loss's named parts over the same steps (`Recipe.loss_terms`), and
 `OUT/val.csv` the Set5 x4 validation of the EMA weights through `sr_core.evaluate.evaluate_fn` (the
 same numbers as `sr_core eval`).  `OUT/train_info.json` records what the model card needs.  The
 structure follows common accelerate training scripts; the code is ours.
@@ -66,10 +67,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_size: int, rank: int = 0,
-               mark: Optional[Callable[[str], None]] = None, fwd: Optional[torch.nn.Module] = None) -> torch.Tensor:
+               mark: Optional[Callable[[str], None]] = None, fwd: Optional[torch.nn.Module] = None,
+               terms: Optional[dict] = None) -> torch.Tensor:
     """One optimiser step of the trainer (batch, degradation, loss, backward, clipping, Adam, EMA); returns
     the loss (on the device).  `mark(phase)` is called after each phase: `profile` times them with it.
-    `fwd`: what computes the loss, when not `model` itself (its `torch.compile`d wrapper: same parameters)."""
+    `fwd`: what computes the loss, when not `model` itself (its `torch.compile`d wrapper: same parameters).
+    `terms`: filled with the loss's named scalar parts (detached, on the device)."""
     mark = mark or (lambda phase: None)
     dev = acc.device
     b = source.batch(step, batch_size, rank)
@@ -78,7 +81,11 @@ def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_si
     lr_img = recipe.degradation.apply(hr, b["lr"].to(dev, non_blocking=True), b["generator"], recipe.scale)
     mark("to_device")
     with acc.autocast():
-        loss = recipe.loss(model if fwd is None else fwd, {"hr": hr, "lr": lr_img})
+        out = recipe.loss_terms(model if fwd is None else fwd, {"hr": hr, "lr": lr_img})
+    loss = out["loss"]
+    if terms is not None:
+        terms.update({k: v.detach().float().reshape(()) for k, v in out.items()
+                      if k != "loss" and torch.is_tensor(v) and v.numel() == 1})
     mark("forward")
     acc.backward(loss)
     mark("backward")
@@ -214,10 +221,11 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
     fwd = compile_for_training(model) if compile else None
     compiled_ok = False  # set after the first compiled step went through
 
-    log_path, val_path = out / "log.csv", out / "val.csv"
+    log_path, val_path, terms_path = out / "log.csv", out / "val.csv", out / "terms.csv"
     if main:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_csv(log_path, ["step", "loss", "lr", "seconds"], step)
+        _truncate_csv(terms_path, None, step)  # its columns are the recipe's terms, written with the first row
         _truncate_csv(val_path, ["step", "psnr_y", "ssim_y", "lr_psnr", "seconds"], step)
         log(f"recipe {recipe.name}: {n_params / 1e6:.3f} M params, batch {recipe.batch_size} "
             f"({world} x {per_proc}), LR patch {recipe.patch_lr}, steps {step}->{steps_total}, device {dev}, "
@@ -260,6 +268,8 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
 
     model.train()
     loss_acc, loss_n, last_log = 0.0, 0, time.time()
+    terms_acc: dict = {}
+    terms_cols = _csv_header(terms_path) if main else None
     stopped_early = False
     while step < steps_total:
         if budget_s and elapsed() >= budget_s:
@@ -270,8 +280,9 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
         lr_now = recipe.lr_at(step, progress())
         for g in opt.param_groups:
             g["lr"] = lr_now
+        terms: dict = {}
         try:
-            loss = train_step(recipe, acc, model, ema, opt, source, step, per_proc, rank, fwd=fwd)
+            loss = train_step(recipe, acc, model, ema, opt, source, step, per_proc, rank, fwd=fwd, terms=terms)
         except Exception as e:  # a compiler that fails on this machine: the run goes on eagerly, not lost
             if fwd is None or compiled_ok:
                 raise
@@ -280,22 +291,38 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
                     "training eagerly")
             fwd = None
             opt.zero_grad(set_to_none=True)
-            loss = train_step(recipe, acc, model, ema, opt, source, step, per_proc, rank)
+            terms = {}
+            loss = train_step(recipe, acc, model, ema, opt, source, step, per_proc, rank, terms=terms)
         compiled_ok = fwd is not None
         step += 1
         # summed on the device: a float() here would make the host wait for the GPU every step
         loss_acc = loss_acc + loss.float()
+        for k, v in terms.items():
+            terms_acc[k] = terms_acc[k] + v if k in terms_acc else v
         loss_n += 1
         if step % recipe.log_every == 0 or step == steps_total:
-            mean = acc.reduce((torch.as_tensor(loss_acc, device=dev).float() / max(loss_n, 1)).reshape(1),
-                              "mean").item()
+            names = sorted(terms_acc)  # the same on every process (one recipe)
+            stacked = torch.stack([torch.as_tensor(loss_acc, device=dev).float().reshape(()),
+                                   *[terms_acc[k].to(dev) for k in names]]) / max(loss_n, 1)
+            means = acc.reduce(stacked, "mean").tolist()  # one host sync for the loss and its parts
+            mean, term_means = means[0], dict(zip(names, means[1:]))
             if main:
                 with open(log_path, "a", newline="") as f:
                     csv.writer(f).writerow([step, f"{mean:.6f}", f"{lr_now:.3e}", f"{elapsed():.1f}"])
+                if term_means:
+                    if terms_cols is None:
+                        terms_cols = ["step", *names]
+                        with open(terms_path, "w", newline="") as f:
+                            csv.writer(f).writerow(terms_cols)
+                    with open(terms_path, "a", newline="") as f:
+                        csv.writer(f).writerow([step, *(f"{term_means[c]:.6f}" if c in term_means else ""
+                                                        for c in terms_cols[1:])])
                 rate = loss_n / max(time.time() - last_log, 1e-9)
-                log(f"step {step}/{steps_total} loss {mean:.5f} lr {lr_now:.2e} {rate:.2f} it/s "
-                    f"elapsed {elapsed() / 60:.1f} min progress {100 * progress():.1f}%")
+                parts = "".join(f" {k} {v:.4g}" for k, v in term_means.items())
+                log(f"step {step}/{steps_total} loss {mean:.5f}{' (' + parts.strip() + ')' if parts else ''} "
+                    f"lr {lr_now:.2e} {rate:.2f} it/s elapsed {elapsed() / 60:.1f} min progress {100 * progress():.1f}%")
             loss_acc, loss_n, last_log = 0.0, 0, time.time()
+            terms_acc = {}
         if recipe.ckpt_every and step % recipe.ckpt_every == 0:
             save_ckpt()
         if recipe.val_every and step % recipe.val_every == 0 and step < steps_total:
@@ -317,15 +344,28 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
     return info
 
 
-def _truncate_csv(path: Path, header: list[str], keep_upto: int) -> None:
-    """(Re)start a CSV log: keep the header and rows with step <= keep_upto (for --resume)."""
-    rows = []
-    if keep_upto > 0 and path.exists():
+def _truncate_csv(path: Path, header: Optional[list[str]], keep_upto: int) -> None:
+    """(Re)start a CSV log: keep the header and rows with step <= keep_upto (for --resume).  `header`
+    None: the file's own (terms.csv); a file without one is removed (its first row writes it)."""
+    rows, old = [], None
+    if path.exists():
         with open(path, newline="") as f:
             r = csv.reader(f)
-            next(r, None)
-            rows = [row for row in r if row and int(row[0]) <= keep_upto]
+            old = next(r, None)
+            if keep_upto > 0:
+                rows = [row for row in r if row and int(row[0]) <= keep_upto]
+    header = header or (old if rows else None)
+    if header is None:
+        path.unlink(missing_ok=True)
+        return
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
+
+
+def _csv_header(path: Path) -> Optional[list[str]]:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None)
