@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -146,3 +147,77 @@ def test_zero_init_sft_normalises_instead_of_passing_through(tmp_path, one_threa
     # the official init (PyTorch's default conv init) keeps random gamma/beta
     default = apply_overrides(get_recipe("stablesr-mini"), _sets(prior) + ["sft_init=default"]).build_model()
     assert any(m.mlp_gamma.weight.any() for m in default.net.denoiser.sft.modules() if isinstance(m, SFTLayer))
+
+
+def test_calibrated_sft_init_starts_near_the_prior(tmp_path, one_thread):
+    """sft_init='calibrated' (the default): the trainer fits each SFT GroupNorm's affine on the prior's own
+    activations for the run's first crops, so the untrained steered model is far closer to the frozen prior
+    than with 'zero' (whose layers output GroupNorm(h)); a warm start or --resume skips it.  Measured on the
+    bundled mini-sd prior; the tiny random prior checks the fit itself (each layer's least squares)."""
+    from sr_core.nets.sd_configs import tiny_sd_config, write_sd_folder
+    from sr_core.nets.stablesr_unet import SFTLayer
+    from sr_core.training import data as D
+    from sr_core.training.recipes_stablesr import calibrate_sft
+    from sr_core.weights import ASSETS_WEIGHTS
+
+    kit = tiny_kit(tmp_path / "kit", 3, 2)
+    pack64 = tmp_path / "pack64.npz"
+    D.build_pack(pack64, D.default_folders(tmp_path / "kit" / "train"), n_crops=4, hr_size=64, scale=4, seed=0)
+    src = D.PackSource(D.load_pack(pack64), 16, 4, 0)
+    batch, held = src.batch(0, 16), src.batch(1, 4)
+
+    def gap(trainer) -> float:  # steered vs plain prior on held-out crops at four noise levels
+        den, ctx = trainer.net.denoiser, trainer.net.context[:1].expand(4, -1, -1)
+        z0, z_lr, _ = trainer._latents(held["hr"], held["lr"])
+        t = torch.tensor([999, 700, 300, 20])
+        a = trainer.abar[t].view(-1, 1, 1, 1)
+        x = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            return float((den(x, t, ctx, den.encode_struct(z_lr, t)) -
+                          den.unet(x, t, encoder_hidden_states=ctx).sample).pow(2).mean())
+
+    real = ASSETS_WEIGHTS / "mini-sd"
+    sets = ["ckpt_every=0", "val_every=0", "batch_size=2", "patch_lr=16"]
+    if (real / "config.json").is_file():
+        rec = apply_overrides(get_recipe("stablesr-mini"), [f"prior_from={real}", *sets])
+        zero = apply_overrides(rec, ["sft_init=zero"]).build_model()
+        cal = rec.build_model()
+        assert "GroupNorm affine" in rec.init_from_data(cal, {"hr": batch["hr"], "lr": batch["lr"]})
+        assert gap(cal) < 0.1 * gap(zero), (gap(cal), gap(zero))
+
+    prior = write_sd_folder(tmp_path / "mini-sd", tiny_sd_config(), text=False, empty_prompt_embeds=True)
+    rec = apply_overrides(get_recipe("stablesr-mini"), _sets(prior))
+    assert get_recipe("stablesr-mini").sft_init == "calibrated"
+    cal = rec.build_model()
+    layers = [m for m in cal.net.denoiser.sft.modules() if isinstance(m, SFTLayer)]
+    seen: dict = {}
+    def keep(m, args) -> None:
+        seen.setdefault(id(m), args[0].detach().clone())
+
+    hooks = [m.register_forward_pre_hook(keep) for m in layers]
+    calibrate_sft(cal, batch["hr"], batch["lr"], seed=0)
+    for hk in hooks:
+        hk.remove()
+    assert len(seen) == len(layers) > 0
+    for m in layers:  # the fitted (w, b) beat (1, 0) and small moves of themselves on the branch it saw
+        h = seen[id(m)]
+        gn = m.param_free_norm
+        n = torch.nn.functional.group_norm(h, gn.num_groups, None, None, gn.eps)
+        err = lambda w, b: float((h - n * w.view(1, -1, 1, 1) - b.view(1, -1, 1, 1)).pow(2).mean())
+        best = err(gn.weight, gn.bias)
+        assert best <= err(torch.ones_like(gn.weight), torch.zeros_like(gn.bias)) + 1e-9
+        assert best <= err(gn.weight * 1.05, gn.bias) + 1e-9 and best <= err(gn.weight, gn.bias + 0.02) + 1e-9
+        assert not m.mlp_gamma.weight.any() and not m.mlp_beta.weight.any()
+    with pytest.raises(ValueError, match="gamma = beta = 0"):
+        calibrate_sft(apply_overrides(rec, ["sft_init=default"]).build_model(), batch["hr"], batch["lr"])
+    # the trainer calls it on a fresh run (logged), not when resuming or warm-starting
+    lines = []
+    train(rec, pack_path=pack64, out=tmp_path / "run", max_steps=1, device="cpu", mixed_precision="no",
+          val_dir=None, log=lines.append)
+    assert any("sft_init calibrated" in ln for ln in lines)
+    lines.clear()
+    train(apply_overrides(rec, ["ckpt_every=1"]), pack_path=pack64, out=tmp_path / "run", max_steps=2, resume=True,
+          device="cpu", mixed_precision="no", val_dir=None, log=lines.append)
+    assert not any("sft_init calibrated" in ln for ln in lines) and any("resumed" in ln for ln in lines)
+    warm = apply_overrides(rec, [f"init_from={tmp_path / 'run'}"])
+    assert warm.init_from_data(warm.build_model(), {"hr": batch["hr"], "lr": batch["lr"]}) == ""

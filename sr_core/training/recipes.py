@@ -62,6 +62,12 @@ class Recipe:
         """Training loss for a batch {'hr': (N,3,H,W), 'lr': (N,3,h,w)} in [0, 1]."""
         raise NotImplementedError
 
+    def init_from_data(self, model: nn.Module, batch: dict) -> str:
+        """A fresh run's data-dependent initialisation of `model` (not on --resume; before the EMA copy and
+        the optimiser): `batch` = {'hr', 'lr'} of the pack's first crops (the same on every process).
+        Returns a line for the log ('' = nothing was done, the default)."""
+        return ""
+
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         """The training loss (key "loss", what is optimised) and its named parts, for the trainer's
         `terms.csv` (scalars; the parts are logged, never back-propagated).  Default: the loss alone."""

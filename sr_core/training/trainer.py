@@ -66,6 +66,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_copy_([e for e, _ in bufs], [b for _, b in bufs])
 
 
+INIT_BATCH = 32  # crops handed to Recipe.init_from_data (every process gets rank 0's)
+
+
 def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_size: int, rank: int = 0,
                mark: Optional[Callable[[str], None]] = None, fwd: Optional[torch.nn.Module] = None,
                terms: Optional[dict] = None) -> torch.Tensor:
@@ -182,13 +185,21 @@ def train(recipe: Recipe, *, pack_path, out, max_steps: Optional[int] = None, re
 
     torch.manual_seed(recipe.seed)
     model = recipe.build_model()
+    ckpt_path = out / "ckpt" / "last.pt"
+    if type(recipe).init_from_data is not Recipe.init_from_data and not (resume and ckpt_path.exists()):
+        # a fresh run of a recipe with a data-dependent init
+        b0 = source.batch(0, INIT_BATCH, 0)
+        b0 = {"hr": b0["hr"].float(), "lr": recipe.degradation.apply(b0["hr"].float(), b0["lr"].float(),
+                                                                     b0["generator"], recipe.scale)}
+        note = recipe.init_from_data(model, b0)
+        if note and main:
+            log(note)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     # only what trains: frozen priors, teachers and the LPIPS net stay out of Adam (and so out of its state)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, betas=tuple(recipe.betas),
                            weight_decay=recipe.weight_decay)
 
     step, elapsed_before = 0, 0.0
-    ckpt_path = out / "ckpt" / "last.pt"
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("recipe", {}).get("name") != recipe.name:
