@@ -68,13 +68,16 @@ def _build_default() -> Registry:
     # Minis whose training needs a GPU appear once their bundle has been exported (see their recipes):
     from . import weights
 
-    for mini_id, factory, marker in (("resshift-mini", lambda: ResShift("mini"), "config.json"),
-                                     ("sinsr-mini", lambda: SinSR("mini"), "config.json"),
-                                     ("srdiff-mini", lambda: SRDiff("mini"), "config.json"),
+    for mini_id, factory, marker in (("resshift-mini", lambda: ResShift("mini"), "resshift-mini/config.json"),
+                                     # sinsr-mini's teacher map (what it was distilled on), beside the student
+                                     ("resshift-mini-det", lambda: ResShift("mini", sampler="deterministic"),
+                                      "resshift-mini/config.json"),
+                                     ("sinsr-mini", lambda: SinSR("mini"), "sinsr-mini/config.json"),
+                                     ("srdiff-mini", lambda: SRDiff("mini"), "srdiff-mini/config.json"),
                                      # the mini-sd prior + LoRA; a mini-sd folder alone is not a method
-                                     ("osediff-mini", lambda: OSEDiff("mini", merge=True), "osediff.safetensors"),
-                                     ("stablesr-mini", lambda: StableSR("mini"), "stablesr.safetensors")):
-        if (weights.ASSETS_WEIGHTS / mini_id / marker).is_file():
+                                     ("osediff-mini", lambda: OSEDiff("mini", merge=True), "osediff-mini/osediff.safetensors"),
+                                     ("stablesr-mini", lambda: StableSR("mini"), "stablesr-mini/stablesr.safetensors")):
+        if (weights.ASSETS_WEIGHTS / marker).is_file():
             reg.register(mini_id, factory)
     # Official checkpoints (downloaded on first use, or from SR_WEIGHTS_DIR / the env vars):
     reg.register("sinsr", lambda: SinSR("v1"))  # one step; the official demo's checkpoint

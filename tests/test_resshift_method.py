@@ -221,3 +221,11 @@ def test_bundled_resshift_and_sinsr_minis_serve():
         assert a.size == (40, 48) and np.array_equal(np.asarray(a), np.asarray(b))
     assert (sha256_file(ASSETS_WEIGHTS / "resshift-mini" / "autoencoder.safetensors")
             == sha256_file(ASSETS_WEIGHTS / "sinsr-mini" / "autoencoder.safetensors"))
+    # sinsr-mini's teacher map is served beside it: the bundled teacher with SinSR's deterministic sampler
+    det = reg.get("resshift-mini-det")
+    assert det.info.steps.default == 15 and det.sampler_name == "deterministic"
+    a = np.asarray(api.upscale(img, "resshift-mini-det", Settings(seed=1), registry=reg).image, dtype=np.int16)
+    b = np.asarray(api.upscale(img, "resshift-mini-det", Settings(seed=2), registry=reg).image, dtype=np.int16)
+    c = np.asarray(api.upscale(img, "resshift-mini", Settings(seed=1), registry=reg).image, dtype=np.int16)
+    assert a.shape == (48, 40, 3) and np.abs(a - c).max() > 0  # another sampler of the same weights
+    assert np.abs(a - b).max() > 0  # its start is random: the seed matters
