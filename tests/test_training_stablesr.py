@@ -71,6 +71,9 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     train(s1, pack_path=kit["pack"], out=run1, max_steps=5, resume=True, device="cpu", mixed_precision="no",
           val_dir=None, log=lambda s: None)
     ema1 = torch.load(run1 / "ckpt" / "last.pt", weights_only=True)["ema"]
+    from training_helpers import write_images
+
+    write_images(kit["eval"] / "BSD100" / "HR", 2, size=(192, 200), seed=4)  # for the card's eps-MSE table
     res = export_run(run2, model_id="stablesr-mini", assets_dir=tmp_path / "weights", dtype="fp32",
                      eval_sets=("Set5",), eval_root=kit["eval"])
     d = Path(res["dir"])
@@ -78,6 +81,10 @@ def test_two_stages_train_their_parts_and_export_a_working_bundle(tmp_path, one_
     assert cfg["prior"] == "../mini-sd" and set(cfg["eval_x4_w_sweep"]["Set5"]) == {"0", "0.25", "0.5", "0.75", "1", "bicubic", "settings"}
     card = (d / "MODEL_CARD.md").read_text()
     assert "w=0.25" in card and "monotonic" in card and res["sha256"] in card and "bicubic" in card
+    eps = cfg["eps_mse_heldout"]  # the stage-1 denoiser against its prior, from the written files
+    assert eps["n"] == 2 and list(eps["model"]) == list(eps["prior"]) == ["999", "900", "700", "300", "20"]
+    assert all(np.isfinite(v) and v > 0 for d_ in (eps["model"], eps["prior"]) for v in d_.values())
+    assert "held-out eps-MSE" in card and "the prior alone" in card
     # the sweep is the `sr_core eval` path on the written bundle: w changes only the decode, so the figures
     # differ across w; bicubic is measured on the same images
     sw = cfg["eval_x4_w_sweep"]["Set5"]

@@ -120,18 +120,8 @@ class StableSRTrainer(nn.Module):
         self.net.eval()  # frozen parts keep inference behaviour; the trainable ones have no dropout/BN
         return self
 
-    @torch.no_grad()
     def _latents(self, hr: torch.Tensor, lr: torch.Tensor):
-        from ..methods.stablesr import torch_bicubic
-
-        net = self.net
-        sf = net.scale_factor
-        z0 = net.cfw.encode(hr * 2 - 1)[0] * sf
-        up = torch_bicubic(lr, hr.shape[-1] // lr.shape[-1]) * 2 - 1
-        z_lr, feats = net.cfw.encode(up)
-        # the encoder's outputs can come back channels-last; torch 2.13's CPU backward through the SFT-hooked
-        # UNet crashed (segfault) on such inputs here, so hand the UNet standard-layout tensors
-        return (z0.contiguous(), (z_lr * sf).contiguous(), [f.contiguous() for f in feats])
+        return sr_latents(self.net, hr, lr)
 
     def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
         hr, lr = hr.float(), lr.float()
@@ -161,6 +151,61 @@ class StableSRTrainer(nn.Module):
             loss = loss + self.lambda_lpips * p
             terms["lpips"] = p.detach()
         return {"loss": loss, **terms}
+
+
+@torch.no_grad()
+def sr_latents(net: nn.Module, hr: torch.Tensor, lr: torch.Tensor):
+    """(z_0, z_lr, CFW encoder features) of an HR / LR batch in [0, 1] for the StableSRModel `net`: the scaled
+    latents of HR and of the method's bicubic x4 of LR (what stage 1 trains on and `eps_table` measures)."""
+    from ..methods.stablesr import torch_bicubic
+
+    sf = net.scale_factor
+    z0 = net.cfw.encode(hr * 2 - 1)[0] * sf
+    up = torch_bicubic(lr, hr.shape[-1] // lr.shape[-1]) * 2 - 1
+    z_lr, feats = net.cfw.encode(up)
+    # the encoder's outputs can come back channels-last; torch 2.13's CPU backward through the SFT-hooked
+    # UNet crashed (segfault) on such inputs here, so hand the UNet standard-layout tensors
+    return (z0.contiguous(), (z_lr * sf).contiguous(), [f.contiguous() for f in feats])
+
+
+EPS_TS = (999, 900, 700, 300, 20)
+
+
+@torch.no_grad()
+def eps_table(net: nn.Module, hr_dir, *, n: int = 6, size: int = 192, ts=EPS_TS, seed: int = 1) -> dict:
+    """Held-out epsilon MSE of the SFT-steered denoiser of `net` (a StableSRModel) and of its prior alone (the
+    UNet without SFT) at each t in `ts`, on the top-left `size`-px crops of the first `n` images of `hr_dir`
+    (x4 LR by MATLAB bicubic; the HR latent noised with seeded noise).  For the card: at t = 999 an x0 estimate
+    multiplies the eps error by 1 / sqrt(abar) ~ 14.7, so the high-t figures decide how far the sampler starts
+    from the image.  Returns {'model': {t: mse}, 'prior': {t: mse}, 'n': images, 'size': px}."""
+    from .. import imaging
+    from ..diffusion import stablesr as sd
+
+    files = [p for p in sorted(Path(hr_dir).iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")]
+    ims = [a for a in (np.asarray(imaging.load_image(p)) for p in files) if min(a.shape[:2]) >= size][:n]
+    if not ims:
+        raise ValueError(f"no image of at least {size} px in {hr_dir}")
+    crops = [np.ascontiguousarray(a[:size, :size]) for a in ims]
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).float() / 255  # noqa: E731
+    hr = torch.stack([to_t(a) for a in crops])
+    lr = torch.stack([to_t(imaging.imresize(a, 0.25)) for a in crops])
+    dev = next(net.parameters()).device
+    hr, lr = hr.to(dev), lr.to(dev)
+    z0, z_lr, _ = sr_latents(net, hr, lr)
+    abar = torch.as_tensor(np.asarray(sd.sd_schedule().alphas_cumprod, dtype=np.float32), device=dev)
+    den, B = net.denoiser, hr.shape[0]
+    ctx = net.context.to(z0).expand(B, -1, -1)
+    out: dict = {"model": {}, "prior": {}, "n": B, "size": size}
+    for t in ts:
+        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
+        a = abar[int(t)]
+        x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        tt = torch.full((B,), int(t), device=dev)
+        steered = den(x_t, tt, ctx, den.encode_struct(z_lr, tt)).float()
+        plain = den.unet(x_t, tt, encoder_hidden_states=ctx).sample.float()
+        out["model"][int(t)] = float((steered - eps).pow(2).mean())
+        out["prior"][int(t)] = float((plain - eps).pow(2).mean())
+    return out
 
 
 def build_net(prior_from: str, cfg: dict):
@@ -199,7 +244,7 @@ def calibrate_sft(trainer: "StableSRTrainer", hr: torch.Tensor, lr: torch.Tensor
             if conv.weight.abs().max() > 0 or conv.bias.abs().max() > 0:
                 raise ValueError("calibrate_sft needs gamma = beta = 0 (zero_init_sft first)")
     hr, lr = hr.float(), lr.float()
-    z0, z_lr, _ = trainer._latents(hr, lr)
+    z0, z_lr, _ = sr_latents(trainer.net, hr, lr)
     g = torch.Generator().manual_seed(int(seed))
     t = torch.randint(0, trainer.abar.numel(), (hr.shape[0],), generator=g).to(z0.device)
     a = trainer.abar[t].view(-1, 1, 1, 1)
@@ -492,16 +537,44 @@ def export_stablesr_run(recipe: StableSRMiniRecipe, run_dir, *, model_id=None, a
                 sweep[name] = w_sweep(dest, hr, limit=eval_limit or None, method_id=model_id)
     bundle_cfg["eval_x4_w_sweep"] = sweep
     bundle_cfg["default_fidelity"] = default_fidelity(sweep)
+    eps = None
+    bsd = Path(eval_root) / "BSD100" / "HR"
+    if evaluate and bsd.is_dir():  # the written files, as the method loads them
+        from ..methods.stablesr import StableSR
+
+        eps = eps_table(StableSR("mini", bundle_dir=dest, method_id=model_id).model("cpu"), bsd)
+        bundle_cfg["eps_mse_heldout"] = eps
     (dest / "config.json").write_text(json.dumps(bundle_cfg, indent=2) + "\n")
     digest = sha256_file(wpath)
     (dest / "SHA256SUMS").write_text(f"{digest}  {MINI_WEIGHTS_FILE}\n")
     (dest / "MODEL_CARD.md").write_text(_card(model_id, recipe, runs, bundle_cfg, sweep, digest,
-                                              wpath.stat().st_size / 1e6, eval_limit, notes))
+                                              wpath.stat().st_size / 1e6, eval_limit, notes, eps))
     return {"dir": str(dest), "sha256": digest, "w_sweep": sweep, "steps": int(ck["step"]),
             "checks": {name: sweep_checks(by_w) for name, by_w in sweep.items()}}
 
 
-def _card(model_id, recipe, runs, cfg, sweep, digest, size_mb, eval_limit, notes) -> str:
+def _eps_section(eps: Optional[dict]) -> str:
+    if not eps:
+        return ""
+    ts = list(eps["model"])
+    head = "| denoiser | " + " | ".join(f"t = {t}" for t in ts) + " |\n|---|" + "---|" * len(ts)
+    row = lambda name, d: f"| {name} | " + " | ".join(f"{d[t]:.4f}" for t in ts) + " |"  # noqa: E731
+    return f"""
+## Stage-1 denoiser (held-out eps-MSE)
+
+Epsilon MSE on the top-left {eps['size']}-px crops of the first {eps['n']} BSD100 HR images (x4 MATLAB-bicubic
+LR, seeded noise), from the exported files (`sr_core.training.recipes_stablesr.eps_table`):
+
+{head}
+{row("this bundle (SFT-steered by the LR)", eps["model"])}
+{row("the prior alone (mini-sd, no SFT)", eps["prior"])}
+
+At t = 999 an x0 estimate multiplies the eps error by 1 / sqrt(abar) ~ 14.7: the high-t figures decide how far
+from the image sampling (which starts from the LR latent noised to t = 999) begins, and so what w = 0 shows.
+"""
+
+
+def _card(model_id, recipe, runs, cfg, sweep, digest, size_mb, eval_limit, notes, eps=None) -> str:
     rows, checks = [], []
     for name, by_w in sweep.items():
         ps = [by_w[f"{w:g}"]["psnr_y"] for w in W_SWEEP]
@@ -565,7 +638,7 @@ Bicubic = MATLAB-style bicubic, the same protocol.
 
 The app and `sr_core upscale` open this bundle at w = {cfg.get('default_fidelity', 0.5):g}{
 ' (its w = 0 end measures more than 1 dB under bicubic: not usable yet)' if cfg.get('default_fidelity', 0.5) == 1.0 else ''}.
-
+{_eps_section(eps)}
 Exported {time.strftime('%Y-%m-%d')}.
 """
 
