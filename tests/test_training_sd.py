@@ -233,6 +233,12 @@ def test_warm_start_from_runs_and_from_the_exported_folder(kit, tmp_path):
         for k, v in m.state_dict().items():
             if k.startswith("unet."):
                 torch.testing.assert_close(v, sd_ema[k].float(), atol=tol, rtol=tol, msg=f"{src} {k}")
+        # the latent scale goes on as the source measured it (a re-measured one would shift its latent space)
+        assert float(m.scaling_factor) == float(sd_ema["scaling_factor"]) > 0
+    sd2 = tmp_path / "sd2"
+    train(_smoke("mini-sd", f"vae_from={vae_run}", f"init_from={sd_run}"), out=sd2, **kw)
+    assert float(torch.load(sd2 / "ckpt" / "last.pt", weights_only=True)["ema"]["scaling_factor"]) == \
+        float(sd_ema["scaling_factor"])
     # a warm-started stage trains and records where it started
     info = train(_smoke("mini-sd-vae", f"init_from={folder}"), out=tmp_path / "vae2", **kw)
     assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)

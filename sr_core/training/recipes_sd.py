@@ -631,10 +631,13 @@ class SDPriorRecipe(Recipe):
             raise ValueError(f"the UNet takes {u['in_channels']} channels, the VAE gives {vcfg['latent_channels']}")
         ctx = fixed_context(cfg["sd"]["tokenizer"]["model_max_length"], u["cross_attention_dim"])
         unet = _build_unet(cfg["sd"])
+        sf = 0.0  # measured by the first training batch
         if self.init_from:
-            load_into(unet, load_prior(self.init_from, self.model_config)["unet"].state_dict())  # strict
+            src = load_prior(self.init_from, self.model_config)
+            load_into(unet, src["unet"].state_dict())  # strict
             unet.requires_grad_(True).train()
-        return PriorTrainer(unet, vae, cfg, ctx)
+            sf = float(src["scaling_factor"])  # the UNet's latent scale goes on as it was, not re-measured
+        return PriorTrainer(unet, vae, cfg, ctx, scaling_factor=sf)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.loss_terms(model, batch)["loss"]
