@@ -75,7 +75,8 @@ def _build_default() -> Registry:
                                      ("sinsr-mini", lambda: SinSR("mini"), "sinsr-mini/config.json"),
                                      ("srdiff-mini", lambda: SRDiff("mini"), "srdiff-mini/config.json"),
                                      # the mini-sd prior + LoRA; a mini-sd folder alone is not a method
-                                     ("osediff-mini", lambda: OSEDiff("mini", merge=True), "osediff-mini/osediff.safetensors"),
+                                     ("osediff-mini", lambda: OSEDiff("mini", merge=True),
+                                      "osediff-mini/osediff.safetensors"),
                                      ("stablesr-mini", lambda: StableSR("mini"), "stablesr-mini/stablesr.safetensors")):
         if (weights.ASSETS_WEIGHTS / marker).is_file():
             reg.register(mini_id, factory)

@@ -61,8 +61,8 @@ from torch import nn
 from .degradations import DegradationMix
 from .recipes import Recipe
 
-__all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP", "build_net", "zero_init_sft", "calibrate_sft",
-           "export_stablesr_run", "w_sweep", "sweep_checks", "default_fidelity"]
+__all__ = ["StableSRMiniRecipe", "StableSRTrainer", "STABLESR_RECIPES", "W_SWEEP", "build_net", "zero_init_sft",
+           "calibrate_sft", "eps_table", "export_stablesr_run", "w_sweep", "sweep_checks", "default_fidelity"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
@@ -290,7 +290,8 @@ def zero_init_sft(denoiser: nn.Module) -> int:
 SFT_INITS = ("calibrated", "zero", "default")
 SFT_INIT_NOTES = {  # for the model card
     "calibrated": "gamma = beta = 0 and each SFT GroupNorm's affine fitted to the prior's activations on the "
-                  "run's first crops, so the untrained model starts near the prior; the official SPADE design, kept",
+                  "run's first crops, so the untrained model starts near the prior; the official SPADE design, "
+                  "kept",
     "zero": "zero gamma/beta still normalise each SD resnet's residual branch: the untrained model is not the "
             "prior; the official SPADE design, kept",
     "default": "PyTorch's conv init, as the official training"}
