@@ -341,7 +341,8 @@ class StableSR:
     output px; default 128 LR px = 64 latent px as the script).  `dtype` "auto" is fp16 on CUDA.
     `min_side` upsamples inputs whose short output side is below it to that side and scales the result
     back down; default (None): 512 for the official checkpoints, as the script always does
-    (`upsample_scale = max(512 / short LR side, upscale)`: SD-2.1 works at 512 px), 0 (off) for the mini.  `unet_variant` names the UNet layout of the official files ("sd21"; "tiny" in tests).
+    (`upsample_scale = max(512 / short LR side, upscale)`: SD-2.1 works at 512 px), 0 (off) for the mini.
+    `unet_variant` names the UNet layout of the official files ("sd21"; "tiny" in tests).
     The sampled latent of recent inputs is kept (`latent_cache_mb`, 0 = off): a run that differs from an
     earlier one only in w skips the diffusion steps and gives what a full run would.
     """

@@ -59,8 +59,11 @@ class Recipe:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """Training loss for a batch {'hr': (N,3,H,W), 'lr': (N,3,h,w)} in [0, 1]."""
-        raise NotImplementedError
+        """Training loss for a batch {'hr': (N,3,H,W), 'lr': (N,3,h,w)} in [0, 1].  A subclass provides this
+        or `loss_terms` (then this is its "loss")."""
+        if type(self).loss_terms is Recipe.loss_terms:
+            raise NotImplementedError
+        return self.loss_terms(model, batch)["loss"]
 
     def init_from_data(self, model: nn.Module, batch: dict) -> str:
         """A fresh run's data-dependent initialisation of `model` (not on --resume; before the EMA copy and

@@ -531,9 +531,6 @@ class VQF4Recipe(Recipe):
             trainer.ae.decoder.requires_grad_(True)
         return trainer
 
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
-
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"])
 
@@ -571,9 +568,6 @@ class ResShiftRecipe(Recipe):
             unet.requires_grad_(True).train()
         return ResShiftTrainer(unet, ae, cfg)
 
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
-
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])
 
@@ -604,9 +598,6 @@ class SinSRRecipe(Recipe):
         student = ResShiftUNet(**cfg["unet"])
         load_into(student, teacher.state_dict())  # the student starts as the teacher
         return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt))
-
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])

@@ -592,9 +592,6 @@ class SDVAERecipe(Recipe):
         return VAETrainer(vae, cfg, _perceptual(self.lpips_weights, self.lambda_lpips), self.lambda_lpips,
                           self.kl_weight)
 
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
-
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"])
 
@@ -638,9 +635,6 @@ class SDPriorRecipe(Recipe):
             unet.requires_grad_(True).train()
             sf = float(src["scaling_factor"])  # the UNet's latent scale goes on as it was, not re-measured
         return PriorTrainer(unet, vae, cfg, ctx, scaling_factor=sf)
-
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"])
@@ -698,9 +692,6 @@ class OSEDiffRecipe(Recipe):
         if self.init_from:
             warm_start_osediff(trainer, self.init_from)
         return trainer
-
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])

@@ -396,9 +396,6 @@ class StableSRMiniRecipe(Recipe):
         n = calibrate_sft(model, batch["hr"], batch["lr"], seed=self.seed)
         return f"sft_init calibrated: the GroupNorm affine of {n} SFT layers fitted on {batch['hr'].shape[0]} crops"
 
-    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return self.loss_terms(model, batch)["loss"]
-
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])
 
