@@ -60,7 +60,8 @@ THREAD_ARGS=()
 # COMPILE=1: every stage computes its loss through torch.compile (the trainer's --compile; the first step
 # compiles, minutes on a CPU, inside the stage's budget).  Measured on this CPU (`profile resshift-mini`,
 # batch 8, 2 threads): 1.83 -> 1.09 s a step, but mini-sd only 1.3x, stablesr-mini slower (0.83x) and
-# osediff-mini and sinsr-mini compile for > 7 min (README); not yet measured on a GPU, where the eager step is launch-bound
+# osediff-mini and sinsr-mini compile for > 7 min (README); not yet measured on a GPU, where the eager step
+# is launch-bound
 [ "${COMPILE:-0}" = 1 ] && THREAD_ARGS+=(--compile)
 # warm start: INIT_FROM=a resshift-mini bundle or run -> vqf4-mini continues from its autoencoder and
 # resshift-mini from its UNet (a lent GPU's minutes then build on the bundled weights instead of
