@@ -31,6 +31,8 @@
 # resshift and sd warm-start from the bundled resshift-mini / mini-sd (autoencoder + UNet) and osediff-mini
 # (its generator's LoRA), stablesr from the bundled stablesr-mini (encoder + SFT, CFW fusion); the bundles
 # travel, so the pack is smaller: the lent minutes build on the CPU-trained weights.  COLD=1 trains from scratch.
+# SIN_WARM=1 (prep, resshift): sinsr-mini travels too and its student continues from it, not from the teacher
+# (20 MB more: a pack of ~60 crops fewer).
 # COMPILE=1: every stage trains through torch.compile (unmeasured on a GPU: first try it with
 # `python -m sr_core.training profile RECIPE --device cuda --compile --random-sources`).
 # Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
@@ -63,6 +65,7 @@ conf() {
   case "$1" in
     resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
               KEEP=(); WKEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+              [ "${SIN_WARM:-0}" = 1 ] && WKEEP+=(sinsr-mini)
               COLLECT_DEFAULT=export,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
               KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
@@ -77,7 +80,7 @@ conf() {
 }
 IFS=, read -r -a ISSUES <<< "$issue"
 if [ ${#ISSUES[@]} -eq 0 ]; then
-  [ "$cmd" = restore ] || { sed -n '2,42p' "$0"; exit 2; }
+  [ "$cmd" = restore ] || { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 2; }
 fi
 for i in "${ISSUES[@]}"; do conf "$i"; done
 if [[ ",$issue," == *",sd,"* && ",$issue," == *",stablesr,"* ]]; then
@@ -244,5 +247,5 @@ restore)
   ;;
 
 *)
-  sed -n '2,42p' "$0"; exit 2 ;;
+  sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 2 ;;
 esac

@@ -66,9 +66,16 @@ THREAD_ARGS=()
 # warm start: INIT_FROM=a resshift-mini bundle or run -> vqf4-mini continues from its autoencoder and
 # resshift-mini from its UNet (a lent GPU's minutes then build on the bundled weights instead of
 # restarting), at WARM_LR x the learning rate (default 0.5: the CPU continuation of vqf4-mini from the
-# bundle at half its lr gained 0.5 dB of round trip in 45 min)
-INIT_VQ=(); INIT_RS=()
-if [ -n "${INIT_FROM:-}" ]; then INIT_VQ=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_RS=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); fi
+# bundle at half its lr gained 0.5 dB of round trip in 45 min), and sinsr-mini's student from SIN_INIT_FROM
+# (default: the sinsr-mini folder beside INIT_FROM, when there is one) instead of from the teacher
+INIT_VQ=(); INIT_RS=(); INIT_SIN=()
+if [ -n "${INIT_FROM:-}" ]; then
+  INIT_VQ=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}"); INIT_RS=(--set "init_from=$INIT_FROM" --lr-scale "${WARM_LR:-0.5}")
+  SIN_INIT_FROM=${SIN_INIT_FROM:-$(dirname "$INIT_FROM")/sinsr-mini}
+  if [ -f "$SIN_INIT_FROM/model.safetensors" ] || [ -f "$SIN_INIT_FROM/ckpt/last.pt" ]; then
+    INIT_SIN=(--set "init_from=$SIN_INIT_FROM" --lr-scale "${WARM_LR:-0.5}")
+  fi
+fi
 TRAIN=("$PY" -m sr_core.training)   # the kit's CLI; recipes_resshift registers these recipes
 RR=("$PY" -m sr_core.training.resshift_cli)
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -93,7 +100,7 @@ if has sin; then
   echo "== stage 3: sinsr-mini (distilled from resshift-mini)"
   "${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini" --device "$DEVICE" \
     --set teacher_from="$RUNS/resshift-mini" --time-budget "$BUDGET_SIN" "${THREAD_ARGS[@]}" "${CPU_SIN[@]}" \
-    ${EXTRA_SIN:-}
+    "${INIT_SIN[@]}" ${EXTRA_SIN:-}
 fi
 
 if has dec; then

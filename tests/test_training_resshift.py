@@ -189,6 +189,15 @@ def test_three_stages_export_and_serve(tiny, tmp_path):
     assert unet["out.2.weight"].dtype == torch.float16
     torch.testing.assert_close(unet["out.2.weight"].float(), ema3["unet.out.2.weight"], atol=1e-3, rtol=1e-3)
     assert torch.equal(ae["quantize.embedding.weight"], ema3["ae.quantize.embedding.weight"])
+    # init_from: a continued distillation starts its student from a sinsr-mini run or bundle, not the teacher
+    for src, tol in ((runs["sinsr-mini"], 0.0), (tmp_path / "weights" / "sinsr-mini", 1e-3)):
+        warm = _smoke("sinsr-mini", (f"teacher_from={runs['resshift-mini']}", f"init_from={src}")).build_model()
+        assert all(p.requires_grad for p in warm.unet.parameters())
+        assert not any(p.requires_grad for p in warm.teacher.parameters())
+        student = {k: v for k, v in warm.state_dict().items() if k.startswith("unet.")}
+        for k, v in student.items():
+            torch.testing.assert_close(v, ema3[k], atol=tol, rtol=tol)
+        assert any(not torch.equal(v, ema2[k]) for k, v in student.items())  # not the teacher
 
 
 def test_warm_start_from_a_run_keeps_its_weights_and_codebook(tiny, tmp_path):

@@ -589,6 +589,10 @@ class SinSRRecipe(Recipe):
     w_distill: float = 1.0
     w_inverse: float = 1.0  # official learn_xT: weight 1
     w_gt: float = 1.0  # official finetune_use_gt: 1.0
+    # warm start: the student of a sinsr-mini run or bundle ('' = the official start: the student is the teacher).
+    # A continued distillation (a lent GPU's minutes) then builds on the bundled student, also when the teacher
+    # (and its autoencoder) were themselves continued from the bundles; the UNet config must be the teacher's
+    init_from: str = ""
 
     def build_model(self) -> nn.Module:
         from ..nets.resshift_unet import ResShiftUNet
@@ -596,7 +600,12 @@ class SinSRRecipe(Recipe):
 
         teacher, ae, cfg = load_teacher(self.teacher_from, self.model_config)
         student = ResShiftUNet(**cfg["unet"])
-        load_into(student, teacher.state_dict())  # the student starts as the teacher
+        if self.init_from:
+            init, _, _ = load_teacher(self.init_from, self.model_config)  # a student is stored as `unet`
+            load_into(student, init.state_dict())  # strict: the teacher's UNet config
+        else:
+            load_into(student, teacher.state_dict())  # the student starts as the teacher
+        student.requires_grad_(True).train()
         return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt))
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
