@@ -40,7 +40,9 @@
 # Knobs: GPU_MIN (training minutes per chain, default 7; split over its stages as below), TIMEOUT_S (the
 # call's limit printed by prep, default 570), DEVICE (train: cuda;
 # cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
-# script), CHAIN_THREADS (CPU threads per chain when two run; default nproc / 2), PY.
+# script), CHAIN_THREADS (CPU threads per chain when two run; default nproc / 2), CHAIN_SLACK_S (a chain is
+# stopped GPU_MIN + this many seconds in; default 120 -- a dry run on a busy CPU, whose stage start-ups and
+# handoffs are slow, wants ~600), PY.
 # A dry run of the whole path on this CPU (tiny budgets, no device; prep/restore are not needed):
 #   export RUNS=/tmp/dry/runs ASSETS=/tmp/dry/weights EVAL_LIMIT=2
 #   OUT=/tmp/dry/out DEVICE=cpu GPU_MIN=0.6 scripts/device.sh train resshift && COLLECT_STAGES=export \
@@ -192,7 +194,7 @@ train)
   "$PY" -m sr_core.training preflight "${ISSUES[@]}" --pack "$PACK" --device "$DEVICE" || {
     echo "== preflight failed after $(( $(date +%s) - t0 )) s: nothing trained" >&2; exit 1; }
   # the issues' chains side by side (one GPU holds them all; each is a string of small kernels), each
-  # stage ending at its share of GPU_MIN; a chain that hangs is stopped GPU_MIN + 2 min in
+  # stage ending at its share of GPU_MIN; a chain that hangs is stopped GPU_MIN + CHAIN_SLACK_S (120 s) in
   chain() {
     conf "$1"
     local env_budgets=() i
@@ -201,7 +203,7 @@ train)
     done
     echo "== $1 on $DEVICE: stages $TRAIN_STAGES, ${env_budgets[*]} (minutes), pack $PACK"
     env "${env_budgets[@]}" "${WARM[@]}" PY="$PY" DEVICE="$DEVICE" PACK="$PACK" RUNS="$RUNS" STAGES="$TRAIN_STAGES" \
-      ${CHAIN_THREADS:+THREADS=$CHAIN_THREADS} timeout "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 120))" "$GPU_MIN")" \
+      ${CHAIN_THREADS:+THREADS=$CHAIN_THREADS} timeout "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + int(sys.argv[2])))" "$GPU_MIN" "${CHAIN_SLACK_S:-120}")" \
       bash "$SCRIPT" 2>&1 | sed -u "s/^/[$1] /"
   }
   [ ${#ISSUES[@]} -gt 1 ] && CHAIN_THREADS=${CHAIN_THREADS:-$(( $(nproc) / ${#ISSUES[@]} ))}

@@ -162,6 +162,8 @@ def test_device_script_usage_and_refusals(tmp_path):
                                            env={**os.environ, **env}, timeout=60)
     r = run()
     assert r.returncode == 2 and "prep ISSUE" in r.stdout and "collect ISSUE DIR" in r.stdout
+    # the whole header, to its dry-run recipe's last line, and none of the code below it
+    assert "SIN_WARM=1" in r.stdout and "collect resshift /tmp/dry/out" in r.stdout and "set -euo" not in r.stdout
     r = run("train", "nosuch")
     assert r.returncode == 2 and "unknown issue" in r.stderr
     r = run("train", "resshift,nosuch")
