@@ -243,6 +243,18 @@ def test_warm_start_from_runs_and_from_the_exported_folder(kit, tmp_path):
     info = train(_smoke("mini-sd-vae", f"init_from={folder}"), out=tmp_path / "vae2", **kw)
     assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)
 
+    # continuing the exported prior in place (VAE and UNet from the folder, exported over it): its card keeps the
+    # VAE's training and the run the UNet was warm-started from, and the folder's train_info keeps both
+    sd3 = tmp_path / "sd3"
+    train(_smoke("mini-sd", f"vae_from={folder}", f"init_from={folder}"), out=sd3, **kw)
+    export_run(sd3, assets_dir=tmp_path / "assets", evaluate=False)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "VAE stage `mini-sd-vae` (2 steps" in card
+    assert "- Warm start: built on a `mini-sd` run of 2 steps" in card and "- In all: 4 steps" in card
+    kept = json.loads((folder / "train_info.json").read_text())
+    assert kept["vae_stage"]["recipe"]["name"] == "mini-sd-vae" and kept["init_stage"]["steps"] == 2
+    assert kept["init_stage"]["recipe"]["init_from"] == ""
+
 
 def test_osediff_warm_start_from_a_bundle_or_a_run(kit, tmp_path):
     """osediff-mini init_from: the generator's LoRA + conv_in from an exported osediff-mini folder (the fake

@@ -905,6 +905,33 @@ def _run_line(info: dict, recipe: Recipe) -> str:
             f"mixed precision {info.get('mixed_precision', '?')}, wall {float(info.get('wall_seconds') or 0) / 60:.1f} min")
 
 
+def _stage_info(path: str) -> dict:
+    """train_info.json of a run folder or an exported folder (`init_from`, `vae_from`); {} when there is none."""
+    if not path:
+        return {}
+    f = _resolve(path) / "train_info.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _lineage_lines(info: dict) -> str:
+    """Card lines for the runs a warm start built on (`init_stage`, nested), and the total; '' for none."""
+    from .export import recipe_from_dict
+
+    lines, steps, wall, cur = [], int(info.get("steps") or 0), float(info.get("wall_seconds") or 0), info
+    while cur.get("init_stage"):
+        cur = cur["init_stage"]
+        try:
+            line = _run_line(cur, recipe_from_dict(cur["recipe"]))
+        except Exception:  # an older or foreign train_info: what it says
+            line = f"{cur.get('steps')} steps, device {cur.get('device', 'unknown')}"
+        lines.append(f"- Warm start: built on a `{(cur.get('recipe') or {}).get('name', '?')}` run of {line}.")
+        steps += int(cur.get("steps") or 0)
+        wall += float(cur.get("wall_seconds") or 0)
+    if lines:
+        lines.append(f"- In all: {steps} steps, {wall / 60:.1f} min of training.")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def _data_line(info: dict) -> str:
     pm = info.get("pack_meta") or {}
     folders = ", ".join(f"train/{k} ({v} crops)" for k, v in (pm.get("crops_per_folder") or {}).items()) or "n/a"
@@ -937,6 +964,10 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     sd = ck[which]
     cfg = config_from_state(sd)
     info = _info(run_dir, ck)
+    # the warm start's own training, read before `dest` (possibly that very folder) is rewritten
+    init_info = _stage_info(getattr(recipe, "init_from", ""))
+    if init_info:
+        info = {**info, "init_stage": init_info}
     model_id = model_id or recipe.export_id or recipe.name
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     dest.mkdir(parents=True, exist_ok=True)
@@ -958,9 +989,11 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
         figures["train_loss_last100"] = _train_tail(run_dir)
         prior_info = {"unet_params": _params(unet), "vae_params": _params(vae), "scaling_factor": sf,
                       "vae_from": cfg.get("vae_from")}
-        vae_run = _resolve(cfg.get("vae_from") or "")
-        vae_info = (json.loads((vae_run / "train_info.json").read_text())
-                    if cfg.get("vae_from") and (vae_run / "train_info.json").is_file() else {})
+        # the VAE's training: a mini-sd-vae run's own, or the one an exported mini-sd folder keeps
+        vi = _stage_info(cfg.get("vae_from") or "")
+        vae_info = vi if (vi.get("recipe") or {}).get("name") == "mini-sd-vae" else (vi.get("vae_stage") or {})
+        if vae_info:
+            info = {**info, "vae_stage": vae_info}
         lora = None
     else:
         from ..methods.osediff import attach_lora
@@ -1076,10 +1109,11 @@ def _card(model_id: str, recipe: Recipe, info: dict, cfg: dict, meta: dict, vae_
   found or --no-eval).
 """
         objective = (f"epsilon-prediction MSE at t ~ U{{0..999}} on scaled latents of HR crops (a posterior sample), "
-                     f"frozen VAE; {vae_line}: L1 + {vae_recipe.lambda_lpips:g} x shift-tolerant LPIPS + "
-                     f"{vae_recipe.kl_weight:g} x KL")
+                     f"frozen VAE; {vae_line}" + (f": L1 + {vae_recipe.lambda_lpips:g} x shift-tolerant LPIPS + "
+                                                  f"{vae_recipe.kl_weight:g} x KL" if vae_info else
+                                                  " (its training is not recorded there)"))
         method = "none on its own (a prior); `OSEDiff(\"mini\")` loads it as part of `osediff-mini`"
-        lpips_used = vae_recipe.lambda_lpips > 0
+        lpips_used = bool(vae_info) and vae_recipe.lambda_lpips > 0
     else:
         rows = [f"| {model_id} (this folder) | " + " | ".join(
             (f"{figs[s]['psnr_y']:.2f} / {figs[s]['ssim_y']:.4f} / {figs[s]['lr_psnr']:.1f}" if s in figs else "n/a")
@@ -1120,7 +1154,7 @@ PSNR gain over bicubic: {gain}.
 - Optimiser Adam (betas {list(recipe.betas)}), lr {recipe.lr:g}, {recipe.warmup_text()}, cosine to
   {recipe.lr_min:g}, gradient clipping {recipe.grad_clip:g}, EMA {recipe.ema_decay:g} (exported: {meta['which']}).
 - Run: {_run_line(info, recipe)}.
-- Data: {_data_line(info)}
+{_lineage_lines(info)}- Data: {_data_line(info)}
 
 {body}
 {('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}Reproduce: `scripts/train_sd_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
