@@ -298,3 +298,31 @@ def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bu
         torch.rand(1, 3, 16, 16), RunContext(settings=Settings(scale=4), device=torch.device("cpu"),
                                              generator=torch.Generator()))
     assert sr.shape == (1, 3, 64, 64)
+
+
+def test_script_warm_starts_the_student_beside_init_from(tmp_path):
+    """scripts/train_resshift_minis.sh with INIT_FROM: sinsr-mini's student continues from the sinsr-mini folder
+    beside it (SIN_INIT_FROM), not from the teacher; without one there, the official start (no init_from)."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "py"
+    fake.write_text('#!/bin/sh\necho "PYCALL $*"\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_resshift_minis.sh"
+
+    def sin_call(**env):
+        r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "STAGES": "sin", "PY": str(fake), "DEVICE": "cpu",
+                                "PACK": str(tmp_path / "none.npz"), **env})
+        assert r.returncode == 0, r.stderr
+        return next(line for line in r.stdout.splitlines() if "sinsr-mini --pack" in line)
+
+    bundles = tmp_path / "weights"
+    (bundles / "resshift-mini").mkdir(parents=True)
+    assert "init_from" not in sin_call(INIT_FROM=str(bundles / "resshift-mini"))  # no student beside it
+    (bundles / "sinsr-mini").mkdir()
+    (bundles / "sinsr-mini" / "model.safetensors").write_bytes(b"")
+    call = sin_call(INIT_FROM=str(bundles / "resshift-mini"))
+    assert f"--set init_from={bundles / 'sinsr-mini'} --lr-scale 0.5" in call
+    assert "init_from" not in sin_call()  # no warm start asked for
