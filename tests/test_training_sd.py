@@ -250,10 +250,16 @@ def test_warm_start_from_runs_and_from_the_exported_folder(kit, tmp_path):
     export_run(sd3, assets_dir=tmp_path / "assets", evaluate=False)
     card = (folder / "MODEL_CARD.md").read_text()
     assert "VAE stage `mini-sd-vae` (2 steps" in card
-    assert "- Warm start: built on a `mini-sd` run of 2 steps" in card and "- In all: 4 steps" in card
+    assert "- Built on (warm start): `mini-sd`, 2 steps" in card and "- In all: 4 steps" in card
     kept = json.loads((folder / "train_info.json").read_text())
     assert kept["vae_stage"]["recipe"]["name"] == "mini-sd-vae" and kept["init_stage"]["steps"] == 2
     assert kept["init_stage"]["recipe"]["init_from"] == ""
+    # a chain of runs (sd4 <- sd2 <- sd_run) is followed through the runs' own records
+    sd4 = tmp_path / "sd4"
+    train(_smoke("mini-sd", f"vae_from={vae_run}", f"init_from={sd2}"), out=sd4, **kw)
+    d4 = Path(export_run(sd4, assets_dir=tmp_path / "assets4", evaluate=False)["dir"])
+    card = (d4 / "MODEL_CARD.md").read_text()
+    assert card.count("- Built on (warm start): `mini-sd`, 2 steps") == 2 and "- In all: 6 steps" in card
 
 
 def test_osediff_warm_start_from_a_bundle_or_a_run(kit, tmp_path):

@@ -905,12 +905,21 @@ def _run_line(info: dict, recipe: Recipe) -> str:
             f"mixed precision {info.get('mixed_precision', '?')}, wall {float(info.get('wall_seconds') or 0) / 60:.1f} min")
 
 
-def _stage_info(path: str) -> dict:
-    """train_info.json of a run folder or an exported folder (`init_from`, `vae_from`); {} when there is none."""
-    if not path:
+def _stage_info(path: str, depth: int = 0) -> dict:
+    """train_info.json of a run folder or an exported folder (`init_from`, `vae_from`); {} when there is none.
+    A run's own warm start is followed too (as `init_stage`, when the file does not already hold it)."""
+    if not path or depth > 8:
         return {}
     f = _resolve(path) / "train_info.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    info = json.loads(f.read_text())
+    parent = (info.get("recipe") or {}).get("init_from") or ""
+    if parent and "init_stage" not in info:
+        up = _stage_info(parent, depth + 1)
+        if up:
+            info["init_stage"] = up
+    return info
 
 
 def _lineage_lines(info: dict) -> str:
@@ -924,7 +933,7 @@ def _lineage_lines(info: dict) -> str:
             line = _run_line(cur, recipe_from_dict(cur["recipe"]))
         except Exception:  # an older or foreign train_info: what it says
             line = f"{cur.get('steps')} steps, device {cur.get('device', 'unknown')}"
-        lines.append(f"- Warm start: built on a `{(cur.get('recipe') or {}).get('name', '?')}` run of {line}.")
+        lines.append(f"- Built on (warm start): `{(cur.get('recipe') or {}).get('name', '?')}`, {line}.")
         steps += int(cur.get("steps") or 0)
         wall += float(cur.get("wall_seconds") or 0)
     if lines:
