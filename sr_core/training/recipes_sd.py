@@ -975,6 +975,8 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     info = _info(run_dir, ck)
     # the warm start's own training, read before `dest` (possibly that very folder) is rewritten
     init_info = _stage_info(getattr(recipe, "init_from", ""))
+    if init_info and all(init_info.get(k) == info.get(k) for k in ("steps", "wall_seconds", "finished")):
+        init_info = init_info.get("init_stage") or {}  # a re-export over this run's own earlier export
     if init_info:
         info = {**info, "init_stage": init_info}
     model_id = model_id or recipe.export_id or recipe.name
