@@ -59,6 +59,8 @@ def test_stablesr_mini_opens_at_its_measured_default_w():
     row = lambda w0, bic: {"0": {"psnr_y": w0}, "bicubic": {"psnr_y": bic}}  # noqa: E731
     assert default_fidelity({"BSD100": row(14.5, 25.96)}) == 1.0
     assert default_fidelity({"BSD100": row(25.2, 25.96), "Set5": row(10.0, 28.0)}) == 0.5  # BSD100 decides
+    assert default_fidelity({"BSD100": row(23.5, 25.96)}) == 0.5  # a realism end under bicubic is expected
+    assert default_fidelity({"BSD100": row(22.9, 25.96)}) == 1.0  # > 3 dB under: far from the image
     assert default_fidelity({}) == 0.5
     from sr_core.methods.stablesr import StableSR
 
