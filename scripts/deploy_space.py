@@ -112,8 +112,7 @@ def deploy(repo_id: str, *, root: Path = ROOT, private: bool = False, hardware: 
     try:
         api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(root),
-                          allow_patterns=summary["files"], commit_message=message or "Deploy the app",
-                          delete_patterns=None)
+                          allow_patterns=summary["files"], commit_message=message or "Deploy the app")
         if hardware:
             api.request_space_hardware(repo_id, hardware)
     except Exception as e:  # network, auth, name: say which and what to do
