@@ -297,3 +297,43 @@ def test_osediff_warm_start_from_a_bundle_or_a_run(kit, tmp_path):
     info = train(_smoke("osediff-mini", f"prior_from={sd_run}", "lora_rank=2", f"init_from={folder}"),
                  out=tmp_path / "ose2", **kw)
     assert info["steps"] == 2 and info["recipe"]["init_from"] == str(folder)
+
+
+class _OffsetVAE(torch.nn.Module):
+    """encode = identity (the latent is the image), decode = +offset: a round trip with a known error."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset, self.sizes = offset, []
+
+    def encode(self, x):
+        assert x.shape[-2] % 8 == 0 and x.shape[-1] % 8 == 0  # padded for an f8 VAE
+        self.sizes.append(tuple(x.shape[-2:]))
+        mode = x.clone()
+        return type("Out", (), {"latent_dist": type("D", (), {"mode": lambda self_: mode})()})()
+
+    def decode(self, z):
+        return type("Out", (), {"sample": z + self.offset})()
+
+
+def test_vae_recon_psnr_whole_images_eval_protocol(tmp_path):
+    """The VAE round-trip figure of mini-sd's card is measured like `sr_core eval` (whole images, mod-crop 4,
+    border 4), so it can be set beside the published bicubic figure; a known +4 grey-level error gives the
+    PSNR computed by hand."""
+    import numpy as np
+    from PIL import Image
+
+    from sr_core.training.recipes_sd import vae_recon_psnr
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(37, 45), (64, 50)]):
+        Image.fromarray(rng.integers(40, 200, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    vae = _OffsetVAE(4 / 127.5)
+    r = vae_recon_psnr(vae, tmp_path)
+    assert vae.sizes == [(40, 48), (64, 48)]  # mod-cropped to 36x44 (reflect-padded to 40x48) / 64x48
+    dy = 4 * (65.481 + 128.553 + 24.966) / 255  # BT.601 luma of +4 on every channel
+    assert r["n"] == 2 and r["border"] == 4 and r["crop"] == 0
+    assert r["psnr_y"] == pytest.approx(20 * np.log10(255 / dy), abs=1e-3)
+    assert r["psnr_rgb"] == pytest.approx(20 * np.log10(255 / 4), abs=1e-3)
+    c = vae_recon_psnr(_OffsetVAE(4 / 127.5), tmp_path, crop=32, limit=1)
+    assert c["n"] == 1 and c["crop"] == 32 and c["border"] == 0
