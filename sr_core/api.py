@@ -92,7 +92,7 @@ def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
             if info.tiling_space == "pixel":
                 tile = _effective_tile(info, settings) or max(h, w)
                 out = tiling.run_tiled(call, x, scale=s, tile=tile,
-                                       overlap=min(settings.tile_overlap, max(tile - 1, 0)),
+                                       overlap=tiling.request_overlap(tile, settings.tile_overlap),
                                        multiple=info.size_multiple, with_box=True)
             else:
                 padded, _ = tiling.pad_to_multiple(x, info.size_multiple)

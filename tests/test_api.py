@@ -75,6 +75,20 @@ def test_pixel_tiling_is_exact_for_nearest(size):
     assert np.array_equal(np.asarray(tiled.image), ref)
 
 
+def test_pixel_tiles_overlap_at_most_half_the_tile():
+    """A user tile just above the default overlap (40 px vs 32) would step 8 px; the request's overlap is
+    capped at half the tile, so a photo costs the calls of a 20-px overlap, with the same (exact) result."""
+    from sr_core import tiling
+
+    m = Fake()
+    img = _img(100, 100)
+    res = api.upscale(img, "fake", Settings(scale=2, tile=40, tile_overlap=32), registry=_reg(m))
+    assert len(m.calls) == len(tiling.plan_tiles(100, 100, 40, 20)) == 16  # at overlap 32 (stride 8): 81
+    assert np.array_equal(np.asarray(res.image), np.asarray(img).repeat(2, 0).repeat(2, 1))
+    assert [tiling.request_overlap(t, o) for t, o in [(40, 32), (40, 8), (16, 15), (1, 5), (0, 4), (64, 32)]] == \
+        [20, 8, 8, 0, 0, 32]
+
+
 def test_settings_validation_and_defaults():
     m = Fake()
     info = m.info

@@ -627,7 +627,7 @@ class OSEDiff:
         m = self.model(ctx.device)
         x = pil_bicubic(lr, s).to(ctx.device) * 2 - 1
         tile = max(int(ctx.settings.tile or self.info.default_tile) // 2, 8)  # LR px -> latent px
-        out = m(x, ctx.settings.prompt or "", tile=tile, overlap=min(int(ctx.settings.tile_overlap) // 2, tile - 1),
-                report=ctx.report)
+        overlap = tiling.request_overlap(tile, int(ctx.settings.tile_overlap) // 2)
+        out = m(x, ctx.settings.prompt or "", tile=tile, overlap=overlap, report=ctx.report)
         ctx.report(1.0, f"{self.info.id}: done")
         return ((out + 1) / 2).clamp(0, 1)

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import tiling
 from .. import weights as W
 from ..diffusion import stablesr as sd
 from .osediff import DTYPES, compute_dtype  # the same dtype choices for the SD-based methods
@@ -115,8 +116,6 @@ class StableSRModel(torch.nn.Module):
 def _tiled_moments(enc, x: torch.Tensor, tile_px: int, overlap_px: int) -> torch.Tensor:
     """The posterior moments (mean | logvar) of `x`, the encoder run on Gaussian-blended tiles laid out
     on the latent grid (a latent box times 8 is the pixel tile it encodes)."""
-    from .. import tiling
-
     lat = x.new_zeros(x.shape[0], 1, x.shape[-2] // 8, x.shape[-1] // 8)
 
     def on_latent(t, box, i, n):
@@ -456,7 +455,7 @@ class StableSR:
         ctx.report(0.0, f"{self.info.id}: loading")
         m = self.model(ctx.device)
         tile = max(int(st.tile or self.info.default_tile) // 16 * 8, 8)  # LR px -> latent px, a multiple of 8
-        overlap = min(max(int(st.tile_overlap) // 2, 0), tile - 1)
+        overlap = tiling.request_overlap(tile, int(st.tile_overlap) // 2)
         key = None
         whole = ctx.tile_box is None or (int(ctx.tile_count) <= 1 and tuple(ctx.tile_box[:2]) == (0, 0))
         if self.latents is not None and whole:  # (the noise depends on the tile's position)
