@@ -337,3 +337,25 @@ def test_vae_recon_psnr_whole_images_eval_protocol(tmp_path):
     assert r["psnr_rgb"] == pytest.approx(20 * np.log10(255 / 4), abs=1e-3)
     c = vae_recon_psnr(_OffsetVAE(4 / 127.5), tmp_path, crop=32, limit=1)
     assert c["n"] == 1 and c["crop"] == 32 and c["border"] == 0
+
+
+def test_lineage_skips_runs_a_rewritten_folder_repeats():
+    """A warm start named by an export folder that was exported over later reads that folder's newer chain;
+    the card lists each run once (the 2026-12-01 osediff-mini card had two runs twice and a wrong total)."""
+    from sr_core.training.recipes_sd import _dedupe_lineage, _lineage_lines
+
+    def run(steps, finished, parent=None):
+        d = {"steps": steps, "wall_seconds": 60.0 * steps, "finished": finished, "device": "cpu"}
+        return {**d, "init_stage": parent} if parent else d
+
+    old = run(3, "t0")
+    b = run(5, "t2", run(4, "t1", old))  # the folder's chain after a later export: b <- a <- old
+    chain = run(7, "t4", run(6, "t3", run(5, "t2", run(4, "t1", b))))  # ... a's warm start read the folder
+    d = _dedupe_lineage(chain)
+    seen, cur = [], d
+    while cur:
+        seen.append(cur["steps"])
+        cur = cur.get("init_stage")
+    assert seen == [7, 6, 5, 4, 3]
+    assert "In all: 25 steps, 25.0 min" in _lineage_lines(d)
+    assert _dedupe_lineage(run(2, "x")) == run(2, "x")

@@ -942,6 +942,27 @@ def _stage_info(path: str, depth: int = 0) -> dict:
     return info
 
 
+def _stage_key(info: dict) -> tuple:
+    return tuple(info.get(k) for k in ("steps", "wall_seconds", "finished"))
+
+
+def _dedupe_lineage(info: dict) -> dict:
+    """`info` with each run once in its `init_stage` chain.  A warm start named by a folder that has been
+    exported over since (`init_from=assets/weights/osediff-mini`, then a later run exported there) reads
+    that folder's newer chain, which holds runs already in this one: those are skipped, the chain going on
+    from the first run not seen yet."""
+    chain, seen, cur = [], set(), info
+    while cur:
+        if _stage_key(cur) not in seen:
+            seen.add(_stage_key(cur))
+            chain.append({k: v for k, v in cur.items() if k != "init_stage"})
+        cur = cur.get("init_stage") or {}
+    out: dict = {}
+    for stage in reversed(chain):
+        out = {**stage, "init_stage": out} if out else stage
+    return out
+
+
 def _lineage_lines(info: dict) -> str:
     """Card lines for the runs a warm start built on (`init_stage`, nested), and the total; '' for none."""
     from .export import recipe_from_dict
@@ -998,7 +1019,7 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     if init_info and all(init_info.get(k) == info.get(k) for k in ("steps", "wall_seconds", "finished")):
         init_info = init_info.get("init_stage") or {}  # a re-export over this run's own earlier export
     if init_info:
-        info = {**info, "init_stage": init_info}
+        info = _dedupe_lineage({**info, "init_stage": init_info})
     model_id = model_id or recipe.export_id or recipe.name
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     dest.mkdir(parents=True, exist_ok=True)
