@@ -999,8 +999,8 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     """Write a mini-sd run as `<assets>/mini-sd/` (unet/ in `dtype`, vae/ fp32 with its scaling factor,
     scheduler/, empty_prompt_embeds.safetensors, MODEL_CARD.md, config.json, SHA256SUMS) or an
     osediff-mini run as `<assets>/osediff-mini/` (the same prior content + osediff.safetensors, the
-    folder `OSEDiff("mini")` loads).  Figures: for the prior, VAE reconstruction PSNR and the held-out
-    LDM loss on BSD100 HR centre crops; for osediff-mini, `sr_core eval` on Set5/Set14/BSD100 through
+    folder `OSEDiff("mini")` loads).  Figures: for the prior, the VAE round trip's PSNR on the whole BSD100
+    HR images and the held-out LDM loss on their centre crops; for osediff-mini, `sr_core eval` on Set5/Set14/BSD100 through
     the method on the written folder."""
     from ..methods.osediff import EMPTY_EMBEDS_FILE, save_osediff_weights
     from ..weights import load_into, sha256_file
