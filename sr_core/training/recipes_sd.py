@@ -948,9 +948,9 @@ def _stage_key(info: dict) -> tuple:
 
 def _dedupe_lineage(info: dict) -> dict:
     """`info` with each run once in its `init_stage` chain.  A warm start named by a folder that has been
-    exported over since (`init_from=assets/weights/osediff-mini`, then a later run exported there) reads
-    that folder's newer chain, which holds runs already in this one: those are skipped, the chain going on
-    from the first run not seen yet."""
+    exported over since (`init_from=assets/weights/osediff-mini`, then a later run -- or this one -- exported
+    there) reads that folder's newer chain, which holds runs already in this one: those are skipped, the
+    chain going on from the first run not seen yet."""
     chain, seen, cur = [], set(), info
     while cur:
         if _stage_key(cur) not in seen:
@@ -1015,9 +1015,8 @@ def export_sd_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, d
     cfg = config_from_state(sd)
     info = _info(run_dir, ck)
     # the warm start's own training, read before `dest` (possibly that very folder) is rewritten
+    # (a re-export over this run's own earlier export reads this run there: the dedupe skips it too)
     init_info = _stage_info(getattr(recipe, "init_from", ""))
-    if init_info and all(init_info.get(k) == info.get(k) for k in ("steps", "wall_seconds", "finished")):
-        init_info = init_info.get("init_stage") or {}  # a re-export over this run's own earlier export
     if init_info:
         info = _dedupe_lineage({**info, "init_stage": init_info})
     model_id = model_id or recipe.export_id or recipe.name
