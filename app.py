@@ -300,12 +300,19 @@ class Handlers:
         return [(method_label(info, avail), info.id) for info, avail in self.core.methods()]
 
     def default_method(self) -> Optional[str]:
-        """The first available learned method whose weights ship with the app (works offline, no
-        download on the first click), else the first available method."""
+        """What a fresh page opens on: a diffusion method whose weights ship with the app (works offline,
+        no download on the first click) with the fewest default steps (a one-step model answers in
+        seconds on a CPU host such as a free Space), registry order breaking ties; else the first such
+        learned method of any family; else the first available method."""
         methods = self.core.methods()
-        for info, avail in methods:
-            if avail.ok and info.family != "baseline" and info.weights and all(w.bundled for w in info.weights):
-                return info.id
+        bundled = [(i, info) for i, (info, avail) in enumerate(methods)
+                   if avail.ok and info.family != "baseline" and info.weights and all(w.bundled for w in info.weights)]
+        diffusion = [(info.steps.default if info.steps else 1, i, info) for i, info in bundled
+                     if info.family == "diffusion"]
+        if diffusion:
+            return min(diffusion, key=lambda t: t[:2])[2].id
+        if bundled:
+            return bundled[0][1].id
         for info, avail in methods:
             if avail.ok:
                 return info.id
@@ -776,7 +783,9 @@ def _panel(h: Handlers, choices, method_id: Optional[str], *, with_scale: bool, 
     preset = gr.Dropdown(choices=prop("preset", "choices", [NO_PRESET]), value=NO_PRESET, label="Preset",
                          visible=prop("preset", "visible", False), elem_id=f"preset{eid}")
     st = info.steps if info is not None else None
-    steps = gr.Slider(minimum=st.min if st else 1, maximum=st.max if st else 100, step=1,
+    ranged = st is not None and not st.fixed  # a fixed count hides the slider (gradio refuses min == max)
+    steps = gr.Slider(minimum=st.min if ranged else 1, maximum=st.max if ranged else max(100, st.default if st else 1),
+                      step=1,
                       value=st.default if st else 1, label="Steps",
                       visible=prop("steps", "visible", False), elem_id=f"steps{eid}")
     fidelity = gr.Slider(0.0, 1.0, step=0.05, value=DEFAULTS.fidelity, label="Fidelity w (0 = realism, 1 = fidelity)",

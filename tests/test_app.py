@@ -382,8 +382,57 @@ def test_examples_are_small_pngs():
 
 
 def test_default_method_is_a_bundled_learned_model():
-    """A fresh page opens on a learned method that works offline (bundled weights), not a baseline."""
+    """A fresh page opens on a bundled (offline) one-step diffusion model: a diffusion tool, answering in
+    seconds on a CPU host."""
     import app
 
     info, avail = app.Core().method(app.Handlers(app.Core()).default_method())
-    assert avail.ok and info.family != "baseline" and all(w.bundled for w in info.weights)
+    assert avail.ok and info.family == "diffusion" and all(w.bundled for w in info.weights)
+    assert info.steps is not None and info.steps.default == 1
+
+
+def test_page_opens_on_a_fixed_step_method():
+    """A page whose first method has a fixed step count (gradio refuses a slider with min == max) builds,
+    with the steps slider hidden."""
+    from app_fakes import FIXED
+    from sr_core.types import Availability
+
+    class Core(FakeCore):
+        def __init__(self):
+            super().__init__()
+            self._methods = [(FIXED, Availability(True))]
+
+    demo = app.build_demo(Core())
+    sliders = [c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "steps"]
+    assert sliders and sliders[0]["props"]["visible"] is False and sliders[0]["props"]["value"] == 1
+
+
+def test_default_method_choice_order():
+    """Bundled diffusion with the fewest default steps (registry order breaks ties) > any bundled learned
+    method > the first available one; unavailable and download-only methods never open the page."""
+    import dataclasses
+
+    from sr_core.types import Availability, MethodInfo, StepsSpec, WeightSpec
+
+    own = (WeightSpec(key="w", filename="w.safetensors", bundled="x/w.safetensors"),)
+    hub = (WeightSpec(key="w", filename="w.safetensors", url="https://example.invalid/w"),)
+
+    def m(id_, family, steps=None, weights=own, ok=True):
+        info = MethodInfo(id=id_, label=id_, description="", family=family, weights=weights,
+                          steps=StepsSpec(1, 50, steps) if steps else None)
+        return info, Availability(ok, "" if ok else "missing")
+
+    class Core(FakeCore):
+        def __init__(self, methods):
+            super().__init__()
+            self._methods = methods
+
+    base, reg = m("bic", "baseline", weights=()), m("rrdb", "regression")
+    many, one_a, one_b = m("teacher", "diffusion", 15), m("student", "diffusion", 1), m("other", "diffusion", 1)
+    official, broken = m("official", "diffusion", 1, weights=hub), m("broken", "diffusion", 1, ok=False)
+    pick = lambda ms: app.Handlers(Core(ms)).default_method()  # noqa: E731
+    assert pick([base, reg, broken, official, many, one_a, one_b]) == "student"
+    assert pick([base, reg, many]) == "teacher"
+    assert pick([base, official, reg]) == "rrdb"
+    assert pick([m("x", "diffusion", 4, ok=False), base]) == "bic"
+    assert pick([many, (dataclasses.replace(one_a[0], steps=None), Availability(True))]) == "student"
