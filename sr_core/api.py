@@ -68,16 +68,19 @@ def _effective_tile(info: MethodInfo, settings: Settings) -> int:
 
 
 def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
-               progress: Optional[ProgressFn] = None, ref: Optional[torch.Tensor] = None) -> torch.Tensor:
+               progress: Optional[ProgressFn] = None, ref: Optional[torch.Tensor] = None,
+               run_info: Optional[dict] = None) -> torch.Tensor:
     """Run `method` on an LR tensor (1,3,h,w) in [0,1] with validated settings; returns SR on CPU.
 
-    `ref` is the bicubic-upsampled LR used by the colour fix (computed here when not given).
+    `ref` is the bicubic-upsampled LR used by the colour fix (computed here when not given).  `run_info`, when
+    given, receives what the method reports in `RunContext.info` (e.g. OSEDiff's DAPE tags and prompt).
     """
     info = method.info
     device = resolve_device(settings.device)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
     h, w = int(lr.shape[-2]), int(lr.shape[-1])
-    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress, full_size=(h, w))
+    ctx = RunContext(settings=settings, device=device, generator=gen, progress=progress, full_size=(h, w),
+                     info=run_info if run_info is not None else {})
     x = lr.to(device)
     s = settings.scale
 
@@ -139,14 +142,16 @@ def upscale(image, method_id: str, settings: Optional[Settings] = None, *, seed:
         progress(0.0, f"{method.info.label}: starting")
     bic_u8 = imaging.imresize(imaging.pil_to_uint8(rgb), float(s))
     ref = torch.from_numpy(np.ascontiguousarray(bic_u8)).permute(2, 0, 1)[None].float() / 255.0
-    out = run_method(method, imaging.pil_to_tensor(rgb), settings, progress, ref=ref)
+    run_info: dict = {}
+    out = run_method(method, imaging.pil_to_tensor(rgb), settings, progress, ref=ref, run_info=run_info)
     result_img = imaging.tensor_to_pil(out)
     if alpha is not None:
         result_img = imaging.merge_alpha(result_img, imaging.bicubic_upscale(alpha, s))
     seconds = time.perf_counter() - t0
     if progress:
         progress(1.0, "done")
+    info = {"device": str(resolve_device(settings.device)), "input_size": [img.width, img.height],
+            "output_size": [result_img.width, result_img.height], "alpha": alpha is not None}
+    info.update({k: v for k, v in run_info.items() if k not in info})  # the method's own facts
     return Result(image=result_img, bicubic=Image.fromarray(bic_u8), method_id=method.info.id,
-                  settings=settings, seconds=seconds,
-                  info={"device": str(resolve_device(settings.device)), "input_size": [img.width, img.height],
-                        "output_size": [result_img.width, result_img.height], "alpha": alpha is not None})
+                  settings=settings, seconds=seconds, info=info)

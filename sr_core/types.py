@@ -137,6 +137,8 @@ class RunContext:
     tile_box: Optional[tuple[int, int, int, int]] = None  # (y0, x0, y1, x1) LR pixels this call covers
     tile_index: int = 0
     tile_count: int = 1
+    info: dict = field(default_factory=dict)  # facts a method reports about this run (e.g. the prompt it
+    # built); `api.upscale` adds them to `Result.info`
     _base_seed: Optional[int] = field(default=None, repr=False)
 
     def report(self, fraction: float, message: str = "") -> None:

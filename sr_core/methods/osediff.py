@@ -17,6 +17,14 @@ modules), and `osediff.pkl` (a torch-saved dict of module-name lists, ranks and 
 state dicts) is loaded strictly.  Large inputs run in Gaussian-blended latent tiles (96 latent px,
 overlap 32, as the official defaults) with a tiled VAE encode/decode.  `OSEDiff("mini")` runs the
 project's mini (same folder layout, small widths) through the same class.  The code is ours.
+
+DAPE prompts (`sr_core.methods.dape`): the official script tags the x4 bicubic image with DAPE (RAM
+Swin-L/384 + `DAPE.pth`'s LoRA) and runs with the prompt f"{tags}, {user prompt},".  `OSEDiff("official")`
+does the same when DAPE's four files are found locally (`$OSEDIFF_DAPE_DIR` or `$SR_WEIGHTS_DIR`:
+ram_swin_large_14m.pth, DAPE.pth, ram_tag_list.txt, ram_tag_list_threshold.txt; never downloaded), and
+otherwise runs on the user prompt alone; `dape=False` turns it off, `dape=True` requires it.  The tags
+and the prompt used are reported (`RunContext.report`, and `RunContext.info` -> `Result.info`
+"dape_tags" / "prompt").  The mini (no text encoder) never uses DAPE.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 from .. import tiling
 from .. import weights as W
 from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
+from .dape import DAPE_ENV
 
 __all__ = ["OSEDiff", "OSEDiffModel", "official_lora_targets", "attach_lora", "load_osediff_weights",
            "save_osediff_weights", "merge_lora_", "lora_state_dicts", "pil_bicubic", "SD_SUBFOLDERS", "DTYPES",
@@ -501,8 +510,11 @@ class OSEDiff:
     is one folder holding unet/, vae/, scheduler/, optional text_encoder/ + tokenizer/ or
     empty_prompt_embeds.safetensors, and osediff.safetensors (or osediff.pkl); or just the latter and a
     config.json whose "prior_folder" names the folder with the rest (`mini_prior_folder`).  `dtype` "auto" is fp16
-    on CUDA and fp32 on CPU ("bf16"/"fp16" only on CUDA).  `merge=True` folds the LoRA into the base
-    weights at load time (faster, same output within float error).  Settings.tile and
+    on CUDA and fp32 on CPU ("bf16"/"fp16" only on CUDA).  `dape`: None (default) tags each input with
+    DAPE when its files are found locally (`dape_dir`, else $OSEDIFF_DAPE_DIR / $SR_WEIGHTS_DIR; see
+    `sr_core.methods.dape`), as the official script does, else uses the user prompt alone; False: never;
+    True: required (unavailable without the files).  The mini never uses DAPE.  `merge=True` folds the
+    LoRA into the base weights at load time (faster, same output within float error).  Settings.tile and
     tile_overlap are in LR pixels like every method's; the UNet tiles the latent at half that (1 latent
     px = 2 LR px = 8 output px; default 192 LR px = 96 latent px as upstream); the VAE tiles on its own above `vae_encoder_tile` px / `vae_decoder_tile` latent px (None: 224
     on CUDA as upstream, 128 on the CPU).
@@ -512,9 +524,16 @@ class OSEDiff:
                  weights: Optional[os.PathLike | str] = None, bundle_dir: Optional[os.PathLike | str] = None,
                  method_id: Optional[str] = None, dtype: str = "auto", merge: bool = False,
                  vae_encoder_tile: int = DEFAULT_VAE_ENCODER_TILE, vae_decoder_tile: Optional[int] = None,
-                 vae_overlap: int = DEFAULT_VAE_OVERLAP):
+                 vae_overlap: int = DEFAULT_VAE_OVERLAP, dape: Optional[bool] = None,
+                 dape_dir: Optional[os.PathLike | str] = None):
         if variant not in ("official", "mini"):
             raise ValueError(f"unknown OSEDiff variant {variant!r}; valid: official, mini")
+        if variant == "mini" and dape:
+            raise ValueError("the OSEDiff mini has no text encoder: DAPE prompts are for OSEDiff('official')")
+        self.dape = None if dape is None else bool(dape)
+        self.dape_dir = Path(dape_dir) if dape_dir else None
+        self._dape_off = ""  # why the last look for DAPE's files (dape=None) found them incomplete
+        self._taggers: dict[tuple[str, str], Any] = {}
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.variant, self.dtype, self.merge = variant, dtype, bool(merge)
@@ -588,6 +607,22 @@ class OSEDiff:
             raise WeightsUnavailable(_sd_missing(why, self.sd_repo))
         return p
 
+    def dape_enabled(self) -> bool:
+        """Whether runs tag the input with DAPE: never for the mini or with dape=False; with dape=None when
+        its files are found locally; with dape=True always (raises WeightsUnavailable when they are not)."""
+        if self.variant == "mini" or self.dape is False:
+            return False
+        from .dape import dape_files
+
+        try:
+            dape_files(self.dape_dir)
+        except WeightsUnavailable as e:
+            if self.dape:
+                raise
+            self._dape_off = str(e)
+            return False
+        return True
+
     def _weights_path(self, download: bool) -> Path:
         return W.resolve(self.spec, self.weights_explicit, download=download)
 
@@ -598,6 +633,8 @@ class OSEDiff:
             # the original hub repo is gone: without a configured mirror only an existing cache can serve it
             if self.sd_explicit is not None or W.offline() or self.sd_repo == DEFAULT_SD_REPO:
                 self._sd_folder(download=False)
+            if self.dape:
+                self.dape_enabled()
         except WeightsUnavailable as e:
             return Availability(False, str(e))
         return Availability(True)
@@ -616,6 +653,22 @@ class OSEDiff:
                                                  merge=self.merge, **self.vae_kw)
             return self._models[key]
 
+    def tagger(self, device: torch.device | str = "cpu"):
+        """The DAPE tagger for `device` (`sr_core.methods.dape.DAPETagger`, loaded once per device), or None
+        when DAPE is off (`dape_enabled`).  It runs in the model's dtype (fp16 on CUDA by default, as the
+        official script's DAPE) and fp32 on the CPU."""
+        if not self.dape_enabled():
+            return None
+        from .dape import DAPETagger
+
+        device = torch.device(device)
+        key = (str(device), self.dtype)
+        with self._lock:
+            if key not in self._taggers:
+                self._taggers[key] = DAPETagger.load(self.dape_dir, device=device,
+                                                     dtype=compute_dtype(device, self.dtype))
+            return self._taggers[key]
+
     # ---- running
 
     @torch.inference_mode()
@@ -625,9 +678,25 @@ class OSEDiff:
             raise InputError(f"{self.info.id} upscales x4, not x{s}")
         ctx.report(0.0, f"{self.info.id}: loading")
         m = self.model(ctx.device)
-        x = pil_bicubic(lr, s).to(ctx.device) * 2 - 1
+        up = pil_bicubic(lr, s)
+        prompt = ctx.settings.prompt or ""
+        tagger = self.tagger(ctx.device)
+        if tagger is not None:  # the official script: tags of the x4 bicubic image, then f"{tags}, {prompt},"
+            from .dape import compose_prompt
+
+            ctx.report(0.01, f"{self.info.id}: DAPE tagging")
+            h, w = ctx.full_size if all(ctx.full_size) else (int(lr.shape[-2]), int(lr.shape[-1]))
+            padded = (h, w) != (int(lr.shape[-2]), int(lr.shape[-1]))  # the facade's padding to a multiple of 8
+            tags = tagger.tags(pil_bicubic(lr[:1, :, :h, :w], s) if padded else up[:1])[0]
+            prompt = compose_prompt(tags, prompt)
+            ctx.info.update(dape_tags=tags, prompt=prompt)
+            ctx.report(0.03, f"{self.info.id}: DAPE tags: {tags or '(none)'}")
+        elif self.variant == "official" and self.dape is None and (self.dape_dir or os.environ.get(DAPE_ENV)):
+            # a DAPE folder was named but is incomplete: say why the prompt has no tags
+            ctx.report(0.01, f"{self.info.id}: DAPE off: {self._dape_off}")
+        x = up.to(ctx.device) * 2 - 1
         tile = max(int(ctx.settings.tile or self.info.default_tile) // 2, 8)  # LR px -> latent px
         overlap = tiling.request_overlap(tile, int(ctx.settings.tile_overlap) // 2)
-        out = m(x, ctx.settings.prompt or "", tile=tile, overlap=overlap, report=ctx.report)
+        out = m(x, prompt, tile=tile, overlap=overlap, report=ctx.report)
         ctx.report(1.0, f"{self.info.id}: done")
         return ((out + 1) / 2).clamp(0, 1)
