@@ -82,3 +82,31 @@ def test_osediff_and_stablesr_minis_serve():
     assert np.abs(outs[0.0] - outs[1.0]).mean() > 0.5  # w changes the image
     again = np.asarray(api.upscale(img, "stablesr-mini", Settings(seed=3, steps=4, fidelity=1.0), registry=reg).image)
     assert np.array_equal(again.astype(np.float32), outs[1.0])  # seeded
+
+
+@pytest.mark.filterwarnings("ignore:There are modules")
+def test_osediff_half_precision_matches_fp32():
+    """The half-precision path (what CUDA runs by default: fp16, or bf16) casts every input and buffer
+    consistently and stays close to fp32 -- checked on the CPU, whose kernels accept both dtypes, on
+    the bundled mini through the tiled path (latent and VAE tiles)."""
+    import torch
+
+    from sr_core.methods.osediff import OSEDiffModel, load_osediff_weights, mini_prior_folder, pil_bicubic
+
+    folder = ASSETS_WEIGHTS / "osediff-mini"
+    ckpt = load_osediff_weights(folder / "osediff.safetensors")
+    rng = np.random.default_rng(1)
+    lr = torch.from_numpy(rng.random((1, 3, 6, 6), dtype=np.float32)).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    x = pil_bicubic(lr, 4) * 2 - 1  # a smooth 96-px image
+    outs = {}
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        m = OSEDiffModel(mini_prior_folder(folder), ckpt, device=torch.device("cpu"), dtype=dt, vae_encoder_tile=64,
+                         vae_decoder_tile=8)
+        assert next(m.unet.parameters()).dtype == next(m.vae.parameters()).dtype == dt
+        with torch.inference_mode():
+            out = m(x, "", tile=8, overlap=4)
+        assert out.shape == (1, 3, 96, 96) and torch.isfinite(out).all()
+        outs[dt] = out.float().clamp(-1, 1)
+    for dt, floor in ((torch.bfloat16, 30.0), (torch.float16, 40.0)):
+        mse = ((outs[dt] - outs[torch.float32]) / 2).pow(2).mean()
+        assert 10 * torch.log10(1 / mse) > floor, (dt, 10 * torch.log10(1 / mse))
