@@ -430,7 +430,7 @@ class Handlers:
             tile=_as_int(tile, "tile size", 0) if tiles else 0,
             tile_overlap=_as_int(overlap, "tile overlap", DEFAULTS.tile_overlap) if tiles else DEFAULTS.tile_overlap,
             color_fix=(color_fix or None) if color_fix not in ("", "default") else None,
-            prompt=str(prompt or ""),
+            prompt=str(prompt or "") if info.supports_prompt else "",  # a hidden box may keep old text
         )
         return info, settings
 

@@ -179,6 +179,19 @@ def test_fidelity_starts_at_the_methods_default(h):
     assert core.calls[-1][1].fidelity == 1.0
 
 
+def test_prompt_reaches_only_methods_that_take_one(h):
+    """Text left in the prompt box (hidden once the method changes) is not sent to a method without
+    prompts (osediff-mini would refuse it: no text encoder); a method that takes one gets it."""
+    import dataclasses
+
+    run(h, method="nearest", prompt="a cat")
+    assert h.core.calls[-1][1].prompt == ""
+    h.core._methods = [(dataclasses.replace(i, supports_prompt=True) if i.id == "sampler" else i, a)
+                       for i, a in h.core._methods]
+    run(h, method="sampler", prompt="a cat")
+    assert h.core.calls[-1][1].prompt == "a cat"
+
+
 def test_preset_fills_controls(h):
     fast = h.on_preset("sampler", "fast")
     assert set(fast) == set(app.PRESET_FIELDS)

@@ -137,7 +137,7 @@ def test_safetensors_roundtrip_and_mini_through_facade(sd_folder, model, expecte
 
     save_file({"prompt_embeds": model.prompt_embeds("").contiguous()}, str(bundle / "empty_prompt_embeds.safetensors"))
     mini = OSEDiff("mini", bundle_dir=bundle)
-    assert mini.availability().ok and mini.info.supports_prompt and not mini.info.uses_seed
+    assert mini.availability().ok and not mini.info.supports_prompt and not mini.info.uses_seed  # no text encoder
     m = mini.model("cpu")
     assert _maxdiff(m(expected["x"]), expected["out"]) <= TOL
     lr = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0))

@@ -557,6 +557,9 @@ class OSEDiff:
             self.weights_explicit = wpath
             self.sd_repo = None
             specs: tuple[WeightSpec, ...] = (self.spec,)
+            # a mini trained on a fixed context has no text encoder: no prompt box for it
+            prompts = self.sd_explicit is not None and all((self.sd_explicit / d).is_dir()
+                                                           for d in ("text_encoder", "tokenizer"))
             label, licence = "OSEDiff mini (1 step)", "code MIT; weights trained by this project (see the model card)"
             desc = ("OSEDiff's one-step LoRA generator on the project's small latent diffusion model "
                     "(mini-sd); same code as the official model.")
@@ -573,12 +576,12 @@ class OSEDiff:
                                  hf_repo=self.sd_repo,
                                  env=SD_ENV, size_mb=5200, licence="CreativeML Open RAIL++-M")
             specs = (self.spec, sd_spec)
-            label, licence = "OSEDiff (1 step, SD-2.1)", LICENCE
+            label, licence, prompts = "OSEDiff (1 step, SD-2.1)", LICENCE, True
             desc = ("One-step diffusion SR (Wu et al. 2024): LoRA-tuned Stable Diffusion 2.1 maps the LR latent "
                     "to the HR latent in one UNet call; optional text prompt.")
         self.info = MethodInfo(
             id=mid, label=label, description=desc, scales=(4,), default_scale=4, steps=StepsSpec(1, 1, 1),
-            supports_fidelity=False, uses_seed=False, supports_prompt=True, tiling_space="latent",
+            supports_fidelity=False, uses_seed=False, supports_prompt=prompts, tiling_space="latent",
             default_tile=2 * DEFAULT_LATENT_TILE, size_multiple=8, default_color_fix="adain", licence=licence,
             weights=specs, family="diffusion")
 
