@@ -58,7 +58,8 @@ updates evaluated at the same latents, except that gradient clipping is joint); 
 the kit's EMA is kept.  Default weights lambda_lpips 0.05 and lambda_vsd 0.025 are 40x below the
 paper's (2, 1): the project's target is bicubic-x4 PSNR on BSD100, where perceptual terms cost PSNR.
 Measured on the CPU-trained mini (2026-12-01, warm continuations at HR 256): 38 more minutes at 0.2 / 0.1
-left BSD100 level (25.76 dB), 70 minutes at 0.05 / 0.025 took it to 26.09 (bicubic 25.96).
+(peak lr 4e-5) left BSD100 level (25.76 dB), 70 minutes at 0.05 / 0.025 (peak lr 1e-4) took it to 26.09
+(bicubic 25.96); the two changes were made together.
 `--set lambda_lpips=2 --set lambda_vsd=1` restores the paper's.  Degradation: bicubic (MATLAB
 imresize), like srdiff-mini, because the benchmark is bicubic x4; the paper trains on Real-ESRGAN
 degradations, which are `--set degradation.realesrgan=1` (or a mix) away.
