@@ -215,7 +215,7 @@ def describe(info: MethodInfo, avail: Availability) -> str:
     caps = ["scale " + " ".join(f"×{s}" for s in info.scales)]
     if info.steps is not None:
         st = info.steps
-        caps.append(f"{st.min} steps (fixed)" if st.fixed else f"steps {st.min}–{st.max} (default {st.default})")
+        caps.append(f"{st.min} step{'' if st.min == 1 else 's'} (fixed)" if st.fixed else f"steps {st.min}–{st.max} (default {st.default})")
     if info.supports_fidelity:
         caps.append("fidelity w")
     if info.uses_seed:
@@ -472,7 +472,7 @@ class Handlers:
         if info.uses_seed:
             parts.append(f"seed **{s.seed}**")
         if s.steps is not None:
-            parts.append(f"{s.steps} steps")
+            parts.append(f"{s.steps} step{'' if s.steps == 1 else 's'}")
         if info.supports_fidelity:
             parts.append(f"w = {s.fidelity:g}")
         if s.color_fix and s.color_fix != "none":

@@ -116,6 +116,19 @@ def test_upscale_returns_slider_pair_file_and_seed(h):
     assert h.core.progress_seen  # the progress callback reached the core
 
 
+def test_summary_counts_steps_in_the_singular_for_one(h):
+    """A one-step method's summary says "1 step", not "1 steps"; more steps keep the plural."""
+    from app_fakes import FIXED
+
+    from sr_core.types import Result, Settings
+
+    img = small_image()
+    one = app.Handlers._summary(Result(img, img, "onestep", Settings(steps=1), 0.1), FIXED)
+    many = app.Handlers._summary(Result(img, img, "onestep", Settings(steps=4), 0.1), FIXED)
+    assert "1 step" in one and "1 steps" not in one, one
+    assert "4 steps" in many, many
+
+
 def test_empty_seed_is_randomized_and_shown(h):
     *_, summary, settings, _ = run(h, seed=None)
     used = settings["settings"]["seed"]
@@ -160,7 +173,7 @@ def test_method_change_sets_visibility(h):
     assert samp["preset"]["choices"] == [app.NO_PRESET, "fast", "fidelity"] and samp["preset"]["visible"]
     fixed = h.on_method_change("onestep", 2)
     assert fixed["steps"]["visible"] is False and fixed["seed_row"]["visible"] is True
-    assert "1 steps (fixed)" in fixed["description"]["value"]
+    assert "1 step (fixed)" in fixed["description"]["value"]
     locked = h.on_method_change("locked", 4)
     assert LOCKED_REASON in locked["description"]["value"]
 
