@@ -215,7 +215,8 @@ def describe(info: MethodInfo, avail: Availability) -> str:
     caps = ["scale " + " ".join(f"×{s}" for s in info.scales)]
     if info.steps is not None:
         st = info.steps
-        caps.append(f"{st.min} step{'' if st.min == 1 else 's'} (fixed)" if st.fixed else f"steps {st.min}–{st.max} (default {st.default})")
+        caps.append(f"{st.min} step{'' if st.min == 1 else 's'} (fixed)" if st.fixed
+                    else f"steps {st.min}–{st.max} (default {st.default})")
     if info.supports_fidelity:
         caps.append("fidelity w")
     if info.uses_seed:
