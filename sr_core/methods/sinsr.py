@@ -62,7 +62,7 @@ class SinSR(ResShiftPipeline):
             super().__init__(config=cfg, specs=specs, explicit=paths or {}, dtype=dtype)
             label = f"SinSR {version} (1 step)"
             desc = f"Official SinSR weights {cfg['filename']}: {cfg.get('notes', '')} "
-        desc += "one network call from x_T = LR latent + noise; the autoencoder dominates the time."
+        desc += "one UNet call from x_T = LR latent + noise (its ResShift teacher makes 15)."
         self._set_info(mid, label, desc, self.config, licence)
 
     def _steps_spec(self, cfg: Mapping[str, Any]) -> StepsSpec:
