@@ -239,13 +239,11 @@ def test_half_precision_path_of_the_bundled_sinsr_mini(monkeypatch, dtype, min_d
     weights, not deterministic test weights: those are not numerically tame enough for half precision."""
     from sr_core.api import run_method
     from sr_core.bench import synthetic_image
+    from precision_helpers import assert_half_close
 
     m = SinSR("mini")
     x = synthetic_image(16, seed=3)
     ref = run_method(m, x, Settings(seed=1))
     monkeypatch.setattr(m, "_autocast", lambda device: torch.autocast("cpu", dtype=dtype))
     out = run_method(m, x, Settings(seed=1))
-    assert out.dtype == torch.float32 and out.shape == ref.shape == (1, 3, 64, 64)
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
-    psnr = float(10 * torch.log10(1.0 / ((out - ref) ** 2).mean()))
-    assert min_db < psnr < 200.0, psnr  # close, but really computed in the half type (not bit-equal)
+    assert_half_close(out, ref, min_db)

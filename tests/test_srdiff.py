@@ -354,13 +354,11 @@ def test_half_precision_path_of_the_bundled_srdiff_mini(monkeypatch, dtype, min_
     fp32 in [0, 1] within `min_db` of the fp32 run (measured 36.4 dB bf16, 47.3 dB fp16 at LR 16 px)."""
     from sr_core.api import run_method
     from sr_core.bench import synthetic_image
+    from precision_helpers import assert_half_close
 
     m = SRDiff("mini")
     x = synthetic_image(16, seed=3)
     ref = run_method(m, x, Settings(seed=1, steps=4))
     monkeypatch.setattr(m, "_autocast", lambda device: torch.autocast("cpu", dtype=dtype))
     out = run_method(m, x, Settings(seed=1, steps=4))
-    assert out.dtype == torch.float32 and out.shape == ref.shape == (1, 3, 64, 64)
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
-    psnr = float(10 * torch.log10(1.0 / ((out - ref) ** 2).mean()))
-    assert min_db < psnr < 200.0, psnr  # close, but computed in the half type (not bit-equal)
+    assert_half_close(out, ref, min_db)
