@@ -4,7 +4,8 @@ The flags are a contract (scripts call them exactly like this):
   methods [--json]
   upscale INPUT... -o OUT_DIR --method ID [--scale S] [--steps N] [--seed N] [--tile PX]
           [--tile-overlap PX] [--fidelity W] [--color-fix adain|wavelet|none] [--device auto|cpu|cuda]
-  eval --method ID --hr DIR [--scale 4] [--limit N] [--json FILE] [method options]
+  eval --method ID --hr DIR [--scale 4] [--limit N] [--json FILE] [--compare-color-fix none,wavelet,adain]
+       [method options]
   bench --method ID[,ID...] [--sizes 256,512,1024] [--json FILE] [method options]  (several: compared)
 `upscale` under `accelerate launch` (or torchrun) shards the inputs across processes by rank, one
 GPU each.  Training entry points live in `python -m sr_core.training`.
@@ -147,7 +148,12 @@ def cmd_eval(args) -> int:
 
     method = default_registry().get(args.method)
     settings = _settings_from(args, method.info)
-    res = evaluate_method(args.method, args.hr, scale=args.scale or 4, limit=args.limit, settings=settings)
+    compare = [m.strip() for m in (args.compare_color_fix or "").split(",") if m.strip()]
+    bad = [m for m in compare if m not in COLOR_FIXES]
+    if bad:
+        raise SRError(f"--compare-color-fix takes {', '.join(COLOR_FIXES)} (comma-separated), not {bad[0]!r}")
+    res = evaluate_method(args.method, args.hr, scale=args.scale or 4, limit=args.limit, settings=settings,
+                          compare_color_fix=compare)
     print(format_table(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hr", required=True, help="folder of HR images")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--json", default=None, help="write the results to this JSON file")
+    e.add_argument("--compare-color-fix", default="", metavar="MODES",
+                   help="also measure these colour fixes (comma-separated: none, wavelet, adain) on the same "
+                        "outputs (one run; the table is for --color-fix or the method's default)")
     _method_options(e)
     b = sub.add_parser("bench", help="seconds and peak memory per input size")
     b.add_argument("--sizes", default="256,512,1024", help="LR sizes, comma-separated")

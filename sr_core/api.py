@@ -67,6 +67,19 @@ def _effective_tile(info: MethodInfo, settings: Settings) -> int:
     return int(settings.tile or info.default_tile or 0)
 
 
+def apply_color_fix(out: torch.Tensor, lr: torch.Tensor, scale: int, mode: Optional[str],
+                    ref: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The colour fix as `run_method` applies it: `out` clamped to [0, 1], then `mode` against `ref` (the
+    LR upsampled by MATLAB bicubic; computed when not given).  `sr_core eval --compare-color-fix` uses it to
+    measure every colour fix from one run."""
+    out = out.float().clamp(0, 1)
+    if mode and mode != "none":
+        if ref is None:
+            ref = imaging.imresize(lr.float(), float(scale))
+        out = color.color_fix(out, ref.to(out.device, out.dtype).clamp(0, 1), mode)
+    return out
+
+
 def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
                progress: Optional[ProgressFn] = None, ref: Optional[torch.Tensor] = None,
                run_info: Optional[dict] = None) -> torch.Tensor:
@@ -100,11 +113,7 @@ def run_method(method: SRMethod, lr: torch.Tensor, settings: Settings,
             else:
                 padded, _ = tiling.pad_to_multiple(x, info.size_multiple)
                 out = tiling.crop_to(call(padded, (0, 0, h, w), 0, 1), h * s, w * s)
-            out = out.float().clamp(0, 1)
-            if settings.color_fix and settings.color_fix != "none":
-                if ref is None:
-                    ref = imaging.imresize(lr.float(), float(s))
-                out = color.color_fix(out, ref.to(out.device, out.dtype).clamp(0, 1), settings.color_fix)
+            out = apply_color_fix(out, lr, s, settings.color_fix, ref)
     except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
         raise SRError(f"{info.id} ran out of GPU memory on a {lr.shape[-1]}x{lr.shape[-2]} input; "
                       f"set a smaller tile size (for example 128) and try again") from e

@@ -76,6 +76,29 @@ def test_eval_limit_and_bad_folder(shared_data, tmp_path, capsys):
     assert main(["eval", "--method", "bicubic", "--hr", str(tmp_path / "none")]) == 2
 
 
+def test_eval_compares_colour_fixes_on_one_run(shared_data, tmp_path, capsys):
+    """--compare-color-fix measures other colour fixes on the same outputs: each equals its own run's figures."""
+    hr = str(shared_data / "eval/Set5/HR")
+
+    def run(*extra):
+        js = tmp_path / "r.json"
+        assert main(["eval", "--method", "lanczos", "--hr", hr, "--limit", "2", "--json", str(js), *extra]) == 0
+        return json.loads(js.read_text())
+
+    both = run("--color-fix", "wavelet", "--compare-color-fix", "none,adain,wavelet")
+    assert both["settings"]["color_fix"] == "wavelet" and set(both["variants"]) == {"none", "adain"}
+    assert "colour fix adain" in capsys.readouterr().out
+    for mode, res in (("wavelet", both), ("none", both["variants"]["none"]), ("adain", both["variants"]["adain"])):
+        alone = run("--color-fix", mode)
+        assert "variants" not in alone
+        assert [r["psnr_y"] for r in res["images"]] == [r["psnr_y"] for r in alone["images"]], mode
+        assert res["ssim_y"] == alone["ssim_y"] and res["lr_psnr"] == alone["lr_psnr"], mode
+    assert both["psnr_y"] != both["variants"]["none"]["psnr_y"]  # the fix changes the figures
+    capsys.readouterr()
+    assert main(["eval", "--method", "lanczos", "--hr", hr, "--limit", "1", "--compare-color-fix", "none,sepia"]) == 2
+    assert "sepia" in capsys.readouterr().err
+
+
 def test_bench_prints_and_writes(tmp_path, capsys):
     js = tmp_path / "b.json"
     assert main(["bench", "--method", "bicubic", "--sizes", "32,64", "--json", str(js)]) == 0
