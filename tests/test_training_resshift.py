@@ -175,8 +175,14 @@ def test_three_stages_export_and_serve(tiny, tmp_path):
         assert "Set5" in card and "bicubic" in card and "SetA" in card and "## Notes\ntrained in a test" in card
         assert "GroupNorm groups 8" in card
         assert res["eval_x4"]["Set5"]["n"] == 1
+        # the minis' default colour fix: in the config, served, and both figures in the card
+        f = res["eval_x4"]["Set5"]
+        assert f["color_fix"] == "wavelet" and set(f["variants"]) == {"none"}
+        assert f"colour fix wavelet) | {f['psnr_y']:.2f} / {f['ssim_y']:.4f}" in card
+        assert f"without a colour fix | {f['variants']['none']['psnr_y']:.2f} / " in card
         method = cls("mini", bundle_dir=d)
         assert method.availability().ok and method.info.id == name
+        assert method.info.default_color_fix == "wavelet"
         sr = method.run(lr, ctx)
         assert sr.shape == (1, 3, 64, 64) and 0 <= float(sr.min()) and float(sr.max()) <= 1
         cfg = json.loads((d / "config.json").read_text())
@@ -298,6 +304,57 @@ def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bu
         torch.rand(1, 3, 16, 16), RunContext(settings=Settings(scale=4), device=torch.device("cpu"),
                                              generator=torch.Generator()))
     assert sr.shape == (1, 3, 64, 64)
+
+
+def test_set_bundle_color_fix_rewrites_config_and_card(tiny, tmp_path, monkeypatch):
+    """`set-color-fix`: a bundle's default colour fix changes in config.json (served by the method), the card
+    is re-measured with it (notes and later sections kept), SHA256SUMS follow; a failed evaluation puts the
+    old config back; an unknown name is refused; the weights are untouched."""
+    from sr_core.methods.resshift import ResShift, bundle_color_fix
+    from sr_core.weights import sha256_file
+
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq, rs_run = tmp_path / "vq", tmp_path / "rs"
+    train(_smoke("vqf4-mini"), max_steps=2, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=tmp_path / "w",
+                                         evaluate=False, notes="first notes")["dir"])
+    assert json.loads((bundle / "config.json").read_text())["color_fix"] == "wavelet"
+    (bundle / "MODEL_CARD.md").write_text((bundle / "MODEL_CARD.md").read_text() + "\n## Targets\nkept as is\n")
+    weights = {f: sha256_file(bundle / f) for f in ("model.safetensors", "autoencoder.safetensors")}
+    cfg_before = (bundle / "config.json").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(RR, "evaluate_bundle", broken)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        RR.set_bundle_color_fix(bundle, "adain", eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
+    assert (bundle / "config.json").read_text() == cfg_before
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="color_fix must be one of"):
+        RR.set_bundle_color_fix(bundle, "sepia", evaluate=False)
+
+    monkeypatch.setattr(RR, "RECON_PROBE", ("Set5", 1))  # the card's round trip with / without the fix
+    out = RR.set_bundle_color_fix(bundle, "adain", eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
+    probe = out["recon_color_fix"]
+    assert probe["set"] == "Set5" and probe["n"] == 1 and probe["none"] != probe["adain"]
+    assert f"round trip on the first 1 Set5 images is {probe['none']:.2f} dB, {probe['adain']:.2f} dB with the fix" \
+        in (bundle / "MODEL_CARD.md").read_text()
+    assert json.loads((bundle / "config.json").read_text())["color_fix"] == "adain"
+    assert ResShift("mini", bundle_dir=bundle).info.default_color_fix == "adain"
+    assert json.loads((bundle / "train_info.json").read_text())["color_fix"] == "adain"
+    f = out["eval_x4"]["Set5"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert f["color_fix"] == "adain" and f"colour fix adain) | {f['psnr_y']:.2f}" in card
+    assert f"without a colour fix | {f['variants']['none']['psnr_y']:.2f}" in card
+    assert "## Notes\nfirst notes" in card and card.endswith("## Targets\nkept as is\n")
+    assert sha256_file(bundle / "config.json") in (bundle / "SHA256SUMS").read_text()
+    assert {f: sha256_file(bundle / f) for f in weights} == weights
+    RR.set_bundle_color_fix(bundle, "none", evaluate=False)
+    assert ResShift("mini", bundle_dir=bundle).info.default_color_fix == "none"
+    assert "none, as the official code" in (bundle / "MODEL_CARD.md").read_text()
+    assert bundle_color_fix({}) == "none"
 
 
 def test_script_warm_starts_the_student_beside_init_from(tmp_path):

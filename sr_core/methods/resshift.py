@@ -30,7 +30,8 @@ from .. import tiling
 from .. import weights as W
 from ..diffusion import resshift as rs
 from ..nets.resshift_configs import CONFIGS, get_config, mini_config
-from ..types import Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec, WeightsUnavailable
+from ..types import (COLOR_FIXES, Availability, InputError, MethodInfo, RunContext, StepsSpec, WeightSpec,
+                     WeightsUnavailable)
 
 __all__ = ["ResShift", "ResShiftPipeline", "write_bundle", "read_bundle_config", "unet_size_multiple",
            "RESSHIFT_VERSIONS", "DTYPES"]
@@ -279,11 +280,22 @@ def _info(method_id: str, label: str, description: str, cfg: dict, *, steps: Ste
         tiling_space="pixel",
         default_tile=DEFAULT_TILE,
         size_multiple=unet_size_multiple(cfg["unet"]),
-        default_color_fix="none",  # the official code applies no colour correction
+        default_color_fix=bundle_color_fix(cfg),
         licence=licence,
         weights=specs,
         family="diffusion",
     )
+
+
+def bundle_color_fix(cfg: Mapping[str, Any]) -> str:
+    """The colour fix a config asks for by default: none for the official models (their code applies no
+    colour correction); a bundle's config.json may name another (`"color_fix"`; the minis' small autoencoder
+    shifts low frequencies, which the wavelet fix restores from the LR -- see their model cards)."""
+    cf = cfg.get("color_fix") or "none"
+    if cf not in COLOR_FIXES:
+        raise ValueError(f"config {cfg.get('name', '?')}: color_fix must be one of {', '.join(COLOR_FIXES)}, "
+                         f"not {cf!r}")
+    return cf
 
 
 def _bundle_explicit(specs, bundle_dir, paths) -> dict:

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from torch import nn
 
 from ..diffusion import resshift as rs
 from .degradations import DegradationMix
+from ..types import COLOR_FIXES
 from .recipes import RECIPES, Recipe
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "eval"
 EVAL_SETS = ("Set5", "Set14", "BSD100")
+MINI_COLOR_FIX = "wavelet"  # the minis' default colour fix (see `_color_fix_text`)
 BICUBIC_X4 = {"Set5": 28.42, "Set14": 26.00, "BSD100": 25.96}
 
 # Flat network config of the minis (recipe `model_config`; `--set model.KEY=VALUE` overrides).  Chosen
@@ -715,7 +718,8 @@ def _half_copy(net: nn.Module) -> nn.Module:
 
 def evaluate_bundle(kind: str, folder: Path, sets=EVAL_SETS, eval_root: Path = EVAL_ROOT,
                     limit: Optional[int] = None, seed: int = 0, device: str = "auto") -> dict:
-    """`sr_core eval` figures (evaluate_method through the facade, seed 0) of an exported bundle."""
+    """`sr_core eval` figures (evaluate_method through the facade, seed 0) of an exported bundle, with its
+    default colour fix; when that is not "none", the same outputs without it are under `variants["none"]`."""
     from ..evaluate import evaluate_method
     from ..methods.resshift import ResShift
     from ..methods.sinsr import SinSR
@@ -730,18 +734,25 @@ def evaluate_bundle(kind: str, folder: Path, sets=EVAL_SETS, eval_root: Path = E
     for name in sets:
         hr = Path(eval_root) / name / "HR"
         if hr.is_dir():
-            res = evaluate_method(mid, hr, 4, limit, Settings(seed=seed, device=device), registry=reg)
-            out[name] = {k: v for k, v in res.items() if k not in ("images", "settings")}
+            res = evaluate_method(mid, hr, 4, limit, Settings(seed=seed, device=device), registry=reg,
+                                  compare_color_fix=("none",))
+            out[name] = {k: v for k, v in res.items() if k not in ("images", "settings", "variants")}
+            out[name]["color_fix"] = res["settings"]["color_fix"]
+            if res.get("variants"):
+                out[name]["variants"] = {m: {k: v[k] for k in ("psnr_y", "ssim_y", "lr_psnr")}
+                                         for m, v in res["variants"].items()}
     return out
 
 
 def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=None, evaluate: bool = True,
                         eval_limit: Optional[int] = None, eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT,
-                        which: str = "ema", unet_dtype: str = "fp16", device: str = "auto", notes: str = "") -> dict:
+                        which: str = "ema", unet_dtype: str = "fp16", device: str = "auto", notes: str = "",
+                        color_fix: str = MINI_COLOR_FIX) -> dict:
     """Write `<assets>/<id>/{config.json, model.safetensors, autoencoder.safetensors, MODEL_CARD.md,
     SHA256SUMS}` (the bundle `ResShift("mini")` / `SinSR("mini")` read) from a resshift-mini or
     sinsr-mini run; the UNet is stored in fp16 (the loader casts to the network's dtype), the
-    autoencoder in fp32.  Figures are computed on the written bundle through the method."""
+    autoencoder in fp32; `color_fix` is the bundle's default colour fix (config.json `color_fix`).
+    Figures are computed on the written bundle through the method (with that colour fix, and without)."""
     from ..methods.resshift import write_bundle
 
     run_dir = Path(run_dir)
@@ -759,15 +770,17 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     model.load_state_dict(ck[which])
     model.eval()
     model_id = model_id or recipe.export_id or recipe.name
-    cfg = bundle_config_for(model.config, kind, model_id)
+    cfg = bundle_config_for(model.config, kind, model_id, color_fix)
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     unet = _half_copy(model.unet) if unet_dtype == "fp16" else copy.deepcopy(model.unet)
     write_bundle(dest, cfg, unet, model.ae)
     figures = evaluate_bundle(kind, dest, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
     extra = {"unet_params": _params(model.unet), "ae_params": _params(model.ae), "eval_x4": figures,
-             "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype}
-    return _finish_bundle(dest, model_id, kind, recipe, dict(info, exported_weights=which), cfg, extra, eval_limit,
-                          notes)
+             "steps": info.get("steps"), "which": which, "unet_dtype": unet_dtype,
+             "recon_color_fix": recon_color_fix(model.ae.eval(), cfg["color_fix"], eval_root) if evaluate else {}}
+    return _finish_bundle(dest, model_id, kind, recipe,
+                          dict(info, exported_weights=which, exported_on=time.strftime("%Y-%m-%d")), cfg, extra,
+                          eval_limit, notes)
 
 
 _BUNDLE_FILES = ("config.json", "model.safetensors", "autoencoder.safetensors")
@@ -788,11 +801,14 @@ def _finish_bundle(dest: Path, model_id: str, kind: str, recipe: Recipe, info: d
     return {"dir": str(dest), **extra}
 
 
-def bundle_config_for(cfg: dict, kind: str, model_id: str) -> dict:
+def bundle_config_for(cfg: dict, kind: str, model_id: str, color_fix: str = MINI_COLOR_FIX) -> dict:
     """The served config of a trained ResShift-variant config: as is for ResShift; for SinSR the
     UNet becomes SinSR's variant (`in_channels` 6, `direct_lq`: same parameters, same function for
-    an LR of the latent's size)."""
+    an LR of the latent's size).  `color_fix`: the bundle's default colour fix (`"color_fix"`)."""
+    from ..methods.resshift import bundle_color_fix
+
     cfg = copy.deepcopy(cfg)
+    cfg["color_fix"] = bundle_color_fix({"color_fix": color_fix})
     u = cfg["unet"]
     if kind == "sinsr" and not u.get("direct_lq"):
         if int(u.get("lq_size", u["image_size"])) != int(u["image_size"]):
@@ -801,6 +817,31 @@ def bundle_config_for(cfg: dict, kind: str, model_id: str) -> dict:
         u.update({"in_channels": int(u["in_channels"]) + 3, "direct_lq": True})
     cfg.update({"name": model_id, "notes": f"project mini ({model_id}), trained by sr_core.training.recipes_resshift"})
     return cfg
+
+
+RECON_PROBE = ("BSD100", 30)  # the autoencoder round trip with / without the colour fix, in the card
+
+
+def recon_color_fix(ae: nn.Module, color_fix: str, eval_root: Path = EVAL_ROOT) -> dict:
+    """The autoencoder's round trip (Y-PSNR dB) on RECON_PROBE without and with `color_fix` (what the card's
+    colour-fix line reports); {} when the set is not there."""
+    name, n = RECON_PROBE
+    hr = Path(eval_root) / name / "HR"
+    if color_fix == "none" or not hr.is_dir():
+        return {}
+    return {"set": name, "n": n, "none": round(recon_psnr(ae, hr, n)["psnr_y"], 2),
+            color_fix: round(recon_psnr(ae, hr, n, color_fix=color_fix)["psnr_y"], 2)}
+
+
+def _color_fix_text(cf: str, probe: Optional[dict] = None) -> str:
+    if cf == "none":
+        return "none, as the official code."
+    text = f"{cf}, against the LR upsampled by MATLAB bicubic (the official code applies none)"
+    if probe and cf in probe:
+        text += (f"; the autoencoder's round trip on the first {probe['n']} {probe['set']} images is "
+                 f"{probe['none']:.2f} dB, {probe[cf]:.2f} dB with the fix -- the small autoencoder shifts low "
+                 "frequencies, which the fix takes from the LR (the output's high frequencies stay the model's)")
+    return text + "."
 
 
 def _decoder_text(d: Optional[dict]) -> str:
@@ -824,12 +865,18 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
     pm = info.get("pack_meta") or {}
     folders = ", ".join(f"train/{k} ({v} crops)" for k, v in (pm.get("crops_per_folder") or {}).items()) or "n/a"
 
-    def cell(s):
+    def cell(s, variant=None):
         f = figs.get(s)
+        if f and variant:
+            f = (f.get("variants") or {}).get(variant)
         return f"{f['psnr_y']:.2f} / {f['ssim_y']:.4f} / {f['lr_psnr']:.1f}" if f else "n/a"
 
-    rows = [f"| {model_id} (this bundle, seed 0) | " + " | ".join(cell(s) for s in EVAL_SETS) + " |",
-            "| bicubic (MATLAB, published) | " + " | ".join(f"{BICUBIC_X4[s]:.2f}" for s in EVAL_SETS) + " |"]
+    cf = cfg.get("color_fix") or "none"
+    rows = [f"| {model_id} (this bundle, seed 0, colour fix {cf}) | " + " | ".join(cell(s) for s in EVAL_SETS) + " |"]
+    if cf != "none" and any((figs.get(s) or {}).get("variants", {}).get("none") for s in EVAL_SETS):
+        rows.append(f"| {model_id}, the same outputs without a colour fix | "
+                    + " | ".join(cell(s, "none") for s in EVAL_SETS) + " |")
+    rows.append("| bicubic (MATLAB, published) | " + " | ".join(f"{BICUBIC_X4[s]:.2f}" for s in EVAL_SETS) + " |")
     gain = ", ".join(f"{s} {figs[s]['psnr_y'] - BICUBIC_X4[s]:+.2f} dB" for s in EVAL_SETS if s in figs) or "n/a"
     if kind == "resshift":
         objective = ("ResShift's objective: z0 = E(HR), y = E(bicubic-up(LR)), t ~ U{0..T-1}, "
@@ -851,6 +898,10 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
     limit_note = f", first {eval_limit} images" if eval_limit else ""
     wall = float(info.get("wall_seconds") or 0.0)
     u, a = cfg["unet"], cfg["autoencoder"]
+    cf_text = _color_fix_text(cf, extra.get("recon_color_fix"))
+    exported = info.get("exported_on") or time.strftime("%Y-%m-%d")
+    if info.get("color_fix_set_on"):
+        exported += f"; default colour fix set {info['color_fix_set_on']}"
     return f"""# {model_id}
 
 {recipe.description}
@@ -866,6 +917,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
   GroupNorm groups {a['ddconfig'].get('norm_groups', 32)} (upstream 32), {a['n_embed']} codes of dim {a['embed_dim']}.
 - **Diffusion**: T = {cfg['diffusion']['steps']}, kappa {cfg['diffusion']['kappa']}, min_noise_level
   {cfg['diffusion']['min_noise_level']}, p {cfg['diffusion']['power']} (ResShift v1 schedule).
+- **Colour fix** (default; config.json `color_fix`, any run can choose another): {cf_text}
 - **Files**: {', '.join(f'`{f}` sha256 `{h}`' for f, h in sums.items())}; {extra['size_mb']:.2f} MB in all.
 - **Licence**: code MIT; weights trained by this project for research use (the training images are research-only).
 
@@ -887,7 +939,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
 
 PSNR gain over bicubic: {gain}.
 
-{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {time.strftime('%Y-%m-%d')}.
+{('## Notes' + chr(10) + notes.strip() + chr(10) + chr(10)) if notes.strip() else ''}Reproduce: `scripts/train_resshift_minis.sh` (or the stage commands in it). Exported {exported}.
 """
 
 
@@ -980,14 +1032,59 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     return dict(res, decoder_finetune=entry)
 
 
+def set_bundle_color_fix(bundle, color_fix: str, *, evaluate: bool = True, eval_limit: Optional[int] = None,
+                         eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT, device: str = "auto") -> dict:
+    """Make `color_fix` the default colour fix of an exported resshift-mini / sinsr-mini `bundle`: config.json's
+    `color_fix`, then the model card re-measured through the method (with the fix, and the same outputs without
+    it; its notes and later sections kept), SHA256SUMS and train_info.json (`color_fix`).  The weights are not
+    touched."""
+    from ..methods.resshift import bundle_color_fix
+    from ..nets.resshift_unet import ResShiftUNet
+    from ..nets.vqgan import VQModel
+    from ..weights import load_into, load_state_dict
+
+    bundle = Path(bundle)
+    cfg_path = bundle / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    info = json.loads((bundle / "train_info.json").read_text())
+    kind = "sinsr" if cfg["unet"].get("direct_lq") else "resshift"
+    cfg["color_fix"] = bundle_color_fix({"color_fix": color_fix})
+    old_text = cfg_path.read_text()
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    try:  # measured on the bundle as the method serves it; a failure puts the old config back
+        figures = evaluate_bundle(kind, bundle, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
+        ae = VQModel(**cfg["autoencoder"])
+        load_into(ae, load_state_dict(bundle / "autoencoder.safetensors"))
+        probe = recon_color_fix(ae.eval(), cfg["color_fix"], eval_root) if evaluate else {}
+    except BaseException:
+        cfg_path.write_text(old_text)
+        raise
+    unet_sd = load_state_dict(bundle / "model.safetensors")
+    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])), "ae_params": _params(ae), "eval_x4": figures,
+             "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
+             "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32",
+             "recon_color_fix": probe}
+    card_path = bundle / "MODEL_CARD.md"
+    card = card_path.read_text() if card_path.exists() else ""
+    notes, tail = _card_sections(card)
+    if not info.get("exported_on"):  # bundles exported before train_info kept the date: the card's
+        m = re.search(r"Exported (\d{4}-\d{2}-\d{2})", card)
+        info["exported_on"] = m.group(1) if m else None
+    info.update(color_fix=cfg["color_fix"], color_fix_set_on=time.strftime("%Y-%m-%d"))
+    return _finish_bundle(bundle, cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]), info,
+                          cfg, extra, eval_limit if evaluate else None, notes, tail)
+
+
 # ------------------------------------------------------------------------------------------------
 # autoencoder reconstruction figures
 
 
 @torch.no_grad()
-def recon_psnr(ae: nn.Module, hr_dir, limit: Optional[int] = None, quantize: bool = True) -> dict:
+def recon_psnr(ae: nn.Module, hr_dir, limit: Optional[int] = None, quantize: bool = True,
+               color_fix: str = "none") -> dict:
     """Y-PSNR of the autoencoder's round trip E -> (quantise) -> D on the HR images of `hr_dir`
-    (mod-cropped to 4, border 4): the ceiling any SR in this latent space can reach."""
+    (mod-cropped to 4, border 4): the ceiling any SR in this latent space can reach.  `color_fix`: the round
+    trip colour-fixed as `run_method` would against the x4 LR (MATLAB bicubic down, then up)."""
     import numpy as np
 
     from .. import imaging, metrics
@@ -1004,6 +1101,11 @@ def recon_psnr(ae: nn.Module, hr_dir, limit: Optional[int] = None, quantize: boo
 
         xp, (h, w) = tiling.pad_to_multiple(x, ae.downsample_factor)
         rec = ae.decode(ae.encode(xp), force_not_quantize=not quantize)[..., :h, :w]
+        if color_fix != "none":
+            from ..api import apply_color_fix
+
+            lr = torch.from_numpy(imaging.imresize(hr, 0.25)).permute(2, 0, 1)[None].float() / 255
+            rec = apply_color_fix((rec + 1) / 2, lr, 4, color_fix) * 2 - 1
         out = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
         vals.append(float(metrics.psnr_y(out, hr, 4)))
     return {"n": len(vals), "psnr_y": float(np.mean(vals)) if vals else float("nan")}
@@ -1055,6 +1157,8 @@ def main(argv=None) -> int:
     e.add_argument("--unet-dtype", default="fp16", choices=("fp16", "fp32"))
     e.add_argument("--device", default="auto", help="device of the evaluation (auto: cuda when available)")
     e.add_argument("--note", default="", help="free text added to the model card (e.g. how the run went)")
+    e.add_argument("--color-fix", default=MINI_COLOR_FIX, choices=COLOR_FIXES,
+                   help=f"the bundle's default colour fix (default {MINI_COLOR_FIX})")
     r = sub.add_parser("recon", help="autoencoder reconstruction Y-PSNR of a vqf4-mini run or bundle")
     r.add_argument("source")
     r.add_argument("--sets", default="Set5,Set14,BSD100")
@@ -1066,6 +1170,12 @@ def main(argv=None) -> int:
     d.add_argument("--no-eval", action="store_true")
     d.add_argument("--eval-limit", type=int, default=0)
     d.add_argument("--device", default="auto")
+    c = sub.add_parser("set-color-fix", help="change a mini bundle's default colour fix (config + re-measured card)")
+    c.add_argument("bundle")
+    c.add_argument("color_fix", choices=COLOR_FIXES)
+    c.add_argument("--no-eval", action="store_true")
+    c.add_argument("--eval-limit", type=int, default=0)
+    c.add_argument("--device", default="auto")
     sub.add_parser("configs", help="print the mini bundle configs and parameter counts")
     b = sub.add_parser("bench", help="resshift-mini vs sinsr-mini speed in one process")
     b.add_argument("--resshift", default=str(REPO_ROOT / "assets" / "weights" / "resshift-mini"))
@@ -1082,7 +1192,11 @@ def main(argv=None) -> int:
     if a.cmd == "export":
         res = export_resshift_run(a.run, model_id=a.id, assets_dir=a.assets, evaluate=not a.no_eval,
                                   eval_limit=a.eval_limit or None, which=a.weights, unet_dtype=a.unet_dtype,
-                                  device=a.device, notes=a.note)
+                                  device=a.device, notes=a.note, color_fix=a.color_fix)
+        print(json.dumps(res, indent=2))
+    elif a.cmd == "set-color-fix":
+        res = set_bundle_color_fix(a.bundle, a.color_fix, evaluate=not a.no_eval, eval_limit=a.eval_limit or None,
+                                   device=a.device)
         print(json.dumps(res, indent=2))
     elif a.cmd == "redecode":
         res = redecode_bundle(a.bundle, a.decoder_from, evaluate=not a.no_eval, eval_limit=a.eval_limit or None,
@@ -1100,7 +1214,9 @@ def main(argv=None) -> int:
             hr = EVAL_ROOT / s / "HR"
             if hr.is_dir():
                 out[s] = {"quantised": recon_psnr(ae, hr, a.limit or None),
-                          "unquantised": recon_psnr(ae, hr, a.limit or None, quantize=False)}
+                          "unquantised": recon_psnr(ae, hr, a.limit or None, quantize=False),
+                          f"quantised, colour fix {MINI_COLOR_FIX}": recon_psnr(ae, hr, a.limit or None,
+                                                                                color_fix=MINI_COLOR_FIX)}
         print(json.dumps(out, indent=2))
     else:
         from ..nets.resshift_unet import ResShiftUNet
