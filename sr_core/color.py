@@ -62,12 +62,15 @@ def adain(out: torch.Tensor, ref: torch.Tensor, eps: float = _EPS) -> torch.Tens
 
 
 def _atrous_blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """One a-trous level: depthwise 3x3 [1 2 1]x[1 2 1]/16 kernel with holes, replicate padding."""
-    c = x.shape[1]
-    k1 = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
-    kernel = (torch.outer(k1, k1) / 16.0).expand(c, 1, 3, 3).contiguous()
-    xp = F.pad(x, (dilation, dilation, dilation, dilation), mode="replicate")
-    return F.conv2d(xp, kernel, dilation=dilation, groups=c)
+    """One a-trous level: the 3x3 [1 2 1]x[1 2 1]/16 kernel with holes (per channel), replicate padding.
+
+    Computed separably from shifted views of the padded image (rows, then columns): the same sums as the
+    depthwise 3x3 convolution (to float rounding) at a third to a seventh of its time on a CPU."""
+    d = dilation
+    h, w = x.shape[-2:]
+    xp = F.pad(x, (d, d, d, d), mode="replicate")
+    rows = xp[..., 0:h, :] + 2 * xp[..., d:d + h, :] + xp[..., 2 * d:2 * d + h, :]
+    return (rows[..., 0:w] + 2 * rows[..., d:d + w] + rows[..., 2 * d:2 * d + w]) / 16
 
 
 def wavelet_split(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,6 +77,21 @@ def test_wavelet_keeps_out_detail_and_ref_colour():
     assert float((a - ref).mean(dim=(-2, -1)).abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (5, 7), (40, 33)])
+@pytest.mark.parametrize("dilation", [1, 2, 16])
+def test_atrous_blur_is_the_depthwise_3x3_kernel_with_holes(h, w, dilation):
+    """The separable blur (shifted views) computes the [1 2 1]x[1 2 1]/16 depthwise convolution with holes and
+    replicate padding -- also where the holes reach past a small image."""
+    from sr_core.color import _atrous_blur
+
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * w + dilation))
+    k1 = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (torch.outer(k1, k1) / 16.0).expand(3, 1, 3, 3).contiguous()
+    xp = torch.nn.functional.pad(x, (dilation,) * 4, mode="replicate")
+    ref = torch.nn.functional.conv2d(xp, kernel, dilation=dilation, groups=3)
+    torch.testing.assert_close(_atrous_blur(x, dilation), ref, atol=1e-6, rtol=0)
+
+
 def test_wavelet_split_sums_back_and_low_is_smooth():
     x = torch.rand(1, 3, 50, 70, generator=torch.Generator().manual_seed(3))
     high, low = wavelet_split(x, levels=5)
