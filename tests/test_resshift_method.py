@@ -216,6 +216,9 @@ def test_bundled_resshift_and_sinsr_minis_serve():
             h, name = line.split()
             assert sha256_file(folder / name) == h, (mid, name)
         assert mid in reg.ids() and reg.get(mid).availability().ok
+        # the minis' default colour fix (their small autoencoder shifts low frequencies; see the cards)
+        assert reg.get(mid).info.default_color_fix == "wavelet"
+        assert "colour fix wavelet) |" in (folder / "MODEL_CARD.md").read_text()
         a = api.upscale(img, mid, Settings(seed=1), registry=reg).image
         b = api.upscale(img, mid, Settings(seed=1), registry=reg).image
         assert a.size == (40, 48) and np.array_equal(np.asarray(a), np.asarray(b))
@@ -224,6 +227,7 @@ def test_bundled_resshift_and_sinsr_minis_serve():
     # sinsr-mini's teacher map is served beside it: the bundled teacher with SinSR's deterministic sampler
     det = reg.get("resshift-mini-det")
     assert det.info.steps.default == 15 and det.sampler_name == "deterministic"
+    assert det.info.default_color_fix == "wavelet"
     a = np.asarray(api.upscale(img, "resshift-mini-det", Settings(seed=1), registry=reg).image, dtype=np.int16)
     b = np.asarray(api.upscale(img, "resshift-mini-det", Settings(seed=2), registry=reg).image, dtype=np.int16)
     c = np.asarray(api.upscale(img, "resshift-mini", Settings(seed=1), registry=reg).image, dtype=np.int16)
