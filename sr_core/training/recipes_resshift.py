@@ -949,6 +949,18 @@ PSNR gain over bicubic: {gain}.
 LATENT_SIDE = ("encoder.", "quant_conv.", "quantize.")  # what fixes the latent space the UNet works in
 
 
+def _bundle_extra(bundle: Path, cfg: dict, info: dict, ae: nn.Module, figures: dict, probe: dict) -> dict:
+    """The card's figures of an exported bundle that is being rewritten (redecode, set-color-fix)."""
+    from ..nets.resshift_unet import ResShiftUNet
+    from ..weights import load_state_dict
+
+    unet_sd = load_state_dict(bundle / "model.safetensors")
+    return {"unet_params": _params(ResShiftUNet(**cfg["unet"])), "ae_params": _params(ae), "eval_x4": figures,
+            "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
+            "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32",
+            "recon_color_fix": probe}
+
+
 def _card_sections(text: str) -> tuple[str, str]:
     """(the Notes text, what follows the 'Reproduce:' line) of a model card written by `_card`."""
     notes, tail = "", ""
@@ -1019,12 +1031,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     except BaseException:
         ae_path.write_bytes(old_bytes)
         raise
-    from ..nets.resshift_unet import ResShiftUNet
-
-    unet_sd = load_state_dict(bundle / "model.safetensors")
-    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])), "ae_params": _params(ae_new), "eval_x4": figures,
-             "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
-             "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32"}
+    extra = _bundle_extra(bundle, cfg, info, ae_new, figures, {})
     card_path = bundle / "MODEL_CARD.md"
     notes, tail = _card_sections(card_path.read_text()) if card_path.exists() else ("", "")
     res = _finish_bundle(bundle, cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]),
@@ -1039,7 +1046,6 @@ def set_bundle_color_fix(bundle, color_fix: str, *, evaluate: bool = True, eval_
     it; its notes and later sections kept), SHA256SUMS and train_info.json (`color_fix`).  The weights are not
     touched."""
     from ..methods.resshift import bundle_color_fix
-    from ..nets.resshift_unet import ResShiftUNet
     from ..nets.vqgan import VQModel
     from ..weights import load_into, load_state_dict
 
@@ -1059,11 +1065,7 @@ def set_bundle_color_fix(bundle, color_fix: str, *, evaluate: bool = True, eval_
     except BaseException:
         cfg_path.write_text(old_text)
         raise
-    unet_sd = load_state_dict(bundle / "model.safetensors")
-    extra = {"unet_params": _params(ResShiftUNet(**cfg["unet"])), "ae_params": _params(ae), "eval_x4": figures,
-             "steps": info.get("steps"), "which": info.get("exported_weights", "ema"),
-             "unet_dtype": "fp16" if any(v.dtype == torch.float16 for v in unet_sd.values()) else "fp32",
-             "recon_color_fix": probe}
+    extra = _bundle_extra(bundle, cfg, info, ae, figures, probe)
     card_path = bundle / "MODEL_CARD.md"
     card = card_path.read_text() if card_path.exists() else ""
     notes, tail = _card_sections(card)
