@@ -22,7 +22,8 @@
 #                                         the issue's script, as its STAGES=export,... documents
 #   scripts/device.sh restore             here: back to your branch, `device-tmp` deleted (after a failed run)
 #
-# ISSUE: resshift (#4: vqf4-mini -> resshift-mini -> sinsr-mini, scripts/train_resshift_minis.sh),
+# ISSUE: resshift (#4: vqf4-mini -> resshift-mini -> sinsr-mini -> each one's decoder on its own latents,
+#        scripts/train_resshift_minis.sh),
 #        sd (#7: mini-sd-vae -> mini-sd -> osediff-mini, scripts/train_sd_minis.sh; a new mini-sd means
 #        stablesr-mini must be retrained on it: the stablesr issue next), stablesr (#6: stablesr-mini and
 #        its CFW on the bundled mini-sd, scripts/train_stablesr_mini.sh); or two of them, comma-separated, in
@@ -37,7 +38,7 @@
 # `python -m sr_core.training profile RECIPE --device cuda --compile --random-sources`).
 # Warm, resshift,sd together leaves no room for a pack (two bundles + wheels + LPIPS): prep says so; pair
 # them with COLD=1 (as the first lent run did) or give each its own session.
-# Knobs: GPU_MIN (training minutes per chain, default 7; split over its stages as below), TIMEOUT_S (the
+# Knobs: GPU_MIN (training minutes per chain, default 7, resshift 6; split over its stages as below), TIMEOUT_S (the
 # call's limit printed by prep, default 570), DEVICE (train: cuda;
 # cpu for a dry run here), RUNS (default runs), ASSETS / EVAL_LIMIT and EXTRA_* (passed to the issue's
 # script), CHAIN_THREADS (CPU threads per chain when two run; default nproc / 2), CHAIN_SLACK_S (a chain is
@@ -54,8 +55,9 @@ cmd=${1:-}; issue=${2:-}
 PY=${PY:-python}
 # measured on the first lent H200 (2026-11-30): the machine started in ~30 s; a call of GPU_MIN = 6 took 495 s
 # (wheels, preflight, 3 stage start-ups, handoff: ~110-135 s besides training) -> 7 min of training ends
-# ~530 s in, inside 570, and leaves ~4.5 of the 15 device minutes for a short rescue call on the warm machine
-GPU_MIN=${GPU_MIN:-7}
+# ~530 s in, inside 570, and leaves ~4.5 of the 15 device minutes for a short rescue call on the warm machine;
+# resshift's chain has 5 stages (two decoder runs after the UNets): ~50 s more start-ups, so 6 min by default
+GPU_MIN_GIVEN=${GPU_MIN:-}
 TIMEOUT_S=${TIMEOUT_S:-570}
 LIMIT_MIB=62   # what travels, with headroom under the 64 MiB limit
 LPIPS=packs/alex_shift_tolerant.pth
@@ -65,15 +67,15 @@ RUNS=${RUNS:-runs}
 # one issue's settings (conf ISSUE): its script, stages, runs, needs and stage shares of GPU_MIN
 conf() {
   case "$1" in
-    resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini)
-              KEEP=(); WKEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.3 0.45 0.25); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN)
+    resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin,adapt; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini dec-resshift-mini dec-sinsr-mini)
+              KEEP=(); WKEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.2 0.4 0.2 0.2); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN BUDGET_ADAPT); MIN_DEFAULT=6
               [ "${SIN_WARM:-0}" = 1 ] && WKEEP+=(sinsr-mini)
               COLLECT_DEFAULT=export,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
-              KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE)
+              KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE); MIN_DEFAULT=7
               COLLECT_DEFAULT=export,eval,bench ;;
     stablesr) SCRIPT=scripts/train_stablesr_mini.sh; TRAIN_STAGES=sft,cfw; RUNS_OF=(stablesr-mini stablesr-cfw-mini)
-              KEEP=(mini-sd); WKEEP=(stablesr-mini); WARM=(INIT_FROM=assets/weights/stablesr-mini); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW)
+              KEEP=(mini-sd); WKEEP=(stablesr-mini); WARM=(INIT_FROM=assets/weights/stablesr-mini); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.6 0.4); BUDGETS=(BUDGET_SFT BUDGET_CFW); MIN_DEFAULT=7
               COLLECT_DEFAULT=export,eval ;;
     *)        echo "unknown issue '$1' (resshift, sd, stablesr)" >&2; exit 2 ;;
   esac
@@ -89,11 +91,13 @@ if [[ ",$issue," == *",sd,"* && ",$issue," == *",stablesr,"* ]]; then
   echo "sd and stablesr cannot share a call: stablesr trains on the bundled mini-sd, which sd replaces" >&2; exit 2
 fi
 # the union of the issues' needs (prep) and their runs in training order (handoff, collect)
-ALL_KEEP=(); ALL_RUNS=(); ANY_LPIPS=0; ANY_WHEELS=0
+ALL_KEEP=(); ALL_RUNS=(); ANY_LPIPS=0; ANY_WHEELS=0; GPU_MIN=7
 for i in "${ISSUES[@]}"; do
   conf "$i"; ALL_KEEP+=("${KEEP[@]}"); ALL_RUNS+=("${RUNS_OF[@]}")
   [ "$NEED_LPIPS" = 1 ] && ANY_LPIPS=1; [ "$NEED_WHEELS" = 1 ] && ANY_WHEELS=1
+  [ "$MIN_DEFAULT" -lt "$GPU_MIN" ] && GPU_MIN=$MIN_DEFAULT
 done
+GPU_MIN=${GPU_MIN_GIVEN:-$GPU_MIN}
 
 mib() { "$PY" -c "import sys; print(f'{int(sys.argv[1]) / 2**20:.1f}')" "$1"; }
 tree_bytes() { git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}'; }

@@ -185,13 +185,17 @@ def test_preflight_runs_each_chain_on_the_device_and_names_a_failure(tmp_path, o
     work = tmp_path / "pre"
     times = P.preflight(["resshift"], kit["pack"], device="cpu", mixed_precision="no", workdir=work,
                         log=lambda s: None)
-    assert list(times) == ["vqf4-mini", "resshift-mini", "sinsr-mini"]
+    assert list(times) == ["vqf4-mini", "resshift-mini", "sinsr-mini", "dec-resshift-mini", "dec-sinsr-mini"]
     for name in times:  # chained: each stage trained 2 steps and was handed off
         assert json.loads((work / "resshift" / name / "train_info.json").read_text())["steps"] == 2
     assert set(H.handoff_files(work / "resshift" / "handoff")) == set(times)
     # the teacher of the preflight's sinsr-mini is the preflight's own resshift-mini
     rec = json.loads((work / "resshift" / "sinsr-mini" / "train_info.json").read_text())["recipe"]
     assert rec["teacher_from"] == str(work / "resshift" / "resshift-mini")
+    # the decoders learn from the preflight's own UNets, each with the sampler it serves with
+    for who in ("resshift-mini", "sinsr-mini"):
+        rec = json.loads((work / "resshift" / f"dec-{who}" / "train_info.json").read_text())["recipe"]
+        assert (rec["train"], rec["init_from"]) == ("decoder_sr", str(work / "resshift" / who))
 
     with pytest.raises(ValueError, match="unknown chain"):
         P.preflight(["nope"], kit["pack"], device="cpu")

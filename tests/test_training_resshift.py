@@ -306,6 +306,77 @@ def test_decoder_finetune_keeps_the_latent_space_and_redecode_swaps_it_into_a_bu
     assert sr.shape == (1, 3, 64, 64)
 
 
+def test_decoder_sr_learns_what_the_method_decodes(tiny, tmp_path):
+    """train=decoder_sr: the decoder side learns from the latents the UNet samples (one step for a SinSR
+    student, the stochastic sampler for ResShift), with the loss on exactly the colour-fixed output the method
+    serves; encoder, codebook and UNet stay bit for bit; `redecode` takes the run and the card says what it
+    learnt from; a UNet from another latent space and an unknown sampler are refused."""
+    from sr_core.api import apply_color_fix
+    from sr_core.weights import load_state_dict
+
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq, rs_run, sin_run = tmp_path / "vq", tmp_path / "rs", tmp_path / "sin"
+    train(_smoke("vqf4-mini"), max_steps=3, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    train(_smoke("sinsr-mini", (f"teacher_from={rs_run}",)), max_steps=1, out=sin_run, **kw)
+    w = tmp_path / "w"
+    rs_bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=w, evaluate=False)["dir"])
+    sin_bundle = Path(RR.export_resshift_run(sin_run, model_id="sinsr-mini", assets_dir=w, evaluate=False)["dir"])
+    assert [RR.sr_sampler_of(str(p)) for p in (rs_bundle, sin_bundle, rs_run, sin_run)] == \
+        ["stochastic", "one_step", "stochastic", "one_step"]
+
+    m = _smoke("vqf4-mini", ("train=decoder_sr", f"init_from={sin_bundle}")).build_model()
+    assert isinstance(m, RR.DecoderSRTrainer) and m.sampler == "one_step" and m.color_fix == "wavelet"
+    assert {n.split(".")[1] for n, p in m.named_parameters() if p.requires_grad} == {"decoder", "post_quant_conv"}
+    # the loss sees what the method serves: sr_latent (its pipeline) + run_method's colour fix, same noise
+    lr = torch.rand(2, 3, 16, 16)
+    got = m.sr_output(lr, torch.Generator().manual_seed(7))
+    assert got.requires_grad
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # the batch: the method's steps by hand (ae.decode quantises), the same noise
+        z_y = m.ae.encode(RR._bicubic_up(lr * 2 - 1, 4))
+        z = rs.one_step(lambda x, t: m.unet(x, t, lq=lr * 2 - 1), z_y, m.schedule, generator=g)
+        want = apply_color_fix((m.ae.decode(z).clamp(-1, 1) + 1) / 2, lr, 4, "wavelet")
+    torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=0)
+    with torch.no_grad():  # one image: the trainer's output is the served method's sr_latent + colour fix
+        one = m.sr_output(lr[:1], torch.Generator().manual_seed(3))
+        served = apply_color_fix(RR.sr_latent(m.unet, m.ae, m.config, lr[:1], "one_step", seed=3), lr[:1], 4, "wavelet")
+    torch.testing.assert_close(one, served, atol=1e-5, rtol=0)
+
+    dec = tmp_path / "dec"
+    train(_smoke("vqf4-mini", ("train=decoder_sr", f"init_from={rs_bundle}")), max_steps=3, out=dec, **kw)
+    ema = torch.load(dec / "ckpt" / "last.pt", weights_only=True)["ema"]
+    old = load_state_dict(rs_bundle / "autoencoder.safetensors")
+    for k, v in old.items():
+        assert torch.equal(ema[f"ae.{k}"], v) == k.startswith(RR.LATENT_SIDE), k
+    unet = load_state_dict(rs_bundle / "model.safetensors")
+    assert all(torch.equal(ema[f"unet.{k}"], v.float()) for k, v in unet.items())
+    out = RR.redecode_bundle(rs_bundle, dec, eval_sets=("Set5",), eval_root=tiny["eval"], device="cpu")
+    d = out["decoder_finetune"]
+    assert (d["train"], d["sr_sampler"], d["sr_color_fix"], d["sr_from"]) == \
+        ("decoder_sr", "stochastic", "wavelet", str(rs_bundle))
+    card = (rs_bundle / "MODEL_CARD.md").read_text()
+    assert "on the latents the UNet of" in card and "stochastic sampler" in card
+    # a bundle as the source (the student's decoder for its teacher): the card names the run that trained it
+    out = RR.redecode_bundle(sin_bundle, rs_bundle, evaluate=False)
+    d2 = out["decoder_finetune"]
+    assert (d2["source"], d2["via"], d2["train"], d2["steps"]) == (str(rs_bundle), str(dec), "decoder_sr", d["steps"])
+    assert load_state_dict(sin_bundle / "autoencoder.safetensors").keys() == old.keys()
+    assert all(torch.equal(load_state_dict(sin_bundle / "autoencoder.safetensors")[k],
+                           load_state_dict(rs_bundle / "autoencoder.safetensors")[k]) for k in old)
+    assert f"the decoder of bundle `{rs_bundle}`, trained in run `{dec}`" in (sin_bundle / "MODEL_CARD.md").read_text()
+
+    other = tmp_path / "other"  # another latent space: its UNet cannot serve this autoencoder's decoder
+    train(_smoke("vqf4-mini"), max_steps=2, out=other, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={other}",)), max_steps=1, out=tmp_path / "rs2", **kw)
+    with pytest.raises(ValueError, match="another latent space"):
+        _smoke("vqf4-mini", ("train=decoder_sr", f"init_from={rs_bundle}", f"sr_from={tmp_path / 'rs2'}")).build_model()
+    with pytest.raises(ValueError, match="sr_sampler"):
+        _smoke("vqf4-mini", ("train=decoder_sr", f"init_from={rs_bundle}", "sr_sampler=ddim")).build_model()
+    with pytest.raises(ValueError, match="init_from"):
+        _smoke("vqf4-mini", ("train=decoder_sr",)).build_model()
+
+
 def test_set_bundle_color_fix_rewrites_config_and_card(tiny, tmp_path, monkeypatch):
     """`set-color-fix`: a bundle's default colour fix changes in config.json (served by the method), the card
     is re-measured with it (notes and later sections kept), SHA256SUMS follow; a failed evaluation puts the

@@ -1,6 +1,6 @@
 """Preflight of a device run: every recipe of the chains an issue trains, at its smoke size, for a few steps
 on the target device (mixed precision as the real run chooses it), chained as the real run chains them
-(vqf4-mini -> resshift-mini -> sinsr-mini, ...), then a handoff of the results.
+(vqf4-mini -> resshift-mini -> sinsr-mini -> their decoders, ...), then a handoff of the results.
 
 A lent GPU machine gives a session minutes, and the recipes have only ever run on a CPU here: a fault that
 only the GPU path shows (a tensor left on the CPU, a dtype autocast does not cover) would otherwise surface
@@ -23,11 +23,13 @@ from .recipes import apply_overrides, get_recipe
 __all__ = ["CHAINS", "preflight"]
 
 # the stages of each device issue, in training order, with the `--set` that points a stage at its source
-# run (`{name}` = that run's folder in the preflight's work folder); the smoke sizes of the recipes keep the
-# networks consistent along a chain
-CHAINS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+# run (`{name}` = that run's folder in the preflight's work folder) and, where a recipe runs twice, the run's
+# own name; the smoke sizes of the recipes keep the networks consistent along a chain
+CHAINS: dict[str, list[tuple]] = {
     "resshift": [("vqf4-mini", ()), ("resshift-mini", ("ae_from={vqf4-mini}",)),
-                 ("sinsr-mini", ("teacher_from={resshift-mini}",))],
+                 ("sinsr-mini", ("teacher_from={resshift-mini}",)),
+                 ("vqf4-mini", ("train=decoder_sr", "init_from={resshift-mini}"), "dec-resshift-mini"),
+                 ("vqf4-mini", ("train=decoder_sr", "init_from={sinsr-mini}"), "dec-sinsr-mini")],
     "sd": [("mini-sd-vae", ()), ("mini-sd", ("vae_from={mini-sd-vae}",)),
            ("osediff-mini", ("prior_from={mini-sd}",))],
     "stablesr": [("stablesr-mini", ()), ("stablesr-cfw-mini", ())],
@@ -38,7 +40,8 @@ def preflight(chains: Iterable[str], pack, *, device: str = "cuda", steps: int =
               mixed_precision: str = "auto", log: Callable[[str], None] = print) -> dict:
     """Train each chain's recipes (smoke size) for `steps` steps on `device`, then hand them off.
 
-    Returns {recipe: seconds}; raises RuntimeError naming the first recipe (or the handoff) that failed.
+    Returns {run: seconds} (a run is named after its recipe unless CHAINS names it); raises RuntimeError naming
+    the first recipe (or the handoff) that failed.
     """
     from .handoff import write_handoff
     from .trainer import train
@@ -54,20 +57,21 @@ def preflight(chains: Iterable[str], pack, *, device: str = "cuda", steps: int =
     try:
         for chain in chains:
             runs: dict[str, Path] = {}
-            for name, extra in CHAINS[chain]:
+            for name, extra, *label in CHAINS[chain]:
+                run = label[0] if label else name
                 recipe = get_recipe(name)
                 sets = list(recipe.smoke) + [e.format(**{k: str(v) for k, v in runs.items()}) for e in extra]
-                out = root / chain / name
+                out = root / chain / run
                 t0 = time.time()
                 try:
                     train(apply_overrides(recipe, sets), pack_path=pack, out=out, max_steps=steps, device=device,
                           mixed_precision=mixed_precision, val_dir=None, log=lambda s: None)
                 except Exception as e:  # the whole traceback: the point is to see a device fault at once
-                    raise RuntimeError(f"preflight: recipe {name} failed on {device}:\n"
+                    raise RuntimeError(f"preflight: recipe {name}{'' if run == name else f' (run {run})'} failed on {device}:\n"
                                        f"{traceback.format_exc()}") from e
-                times[name] = round(time.time() - t0, 2)
-                runs[name] = out
-                log(f"preflight {name} on {device}: {steps} steps in {times[name]} s")
+                times[run] = round(time.time() - t0, 2)
+                runs[run] = out
+                log(f"preflight {run} on {device}: {steps} steps in {times[run]} s")
             try:
                 for i, r in enumerate(runs.values()):
                     write_handoff(r, root / chain / "handoff", seq=i)

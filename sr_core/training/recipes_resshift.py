@@ -12,6 +12,8 @@
     python -m sr_core.training vqf4-mini --out runs/vqf4-dec --set train=decoder \
         --set init_from=assets/weights/resshift-mini                    (a better decoder, same latent space)
     python -m sr_core.training.resshift_cli redecode assets/weights/resshift-mini --decoder-from runs/vqf4-dec
+    python -m sr_core.training vqf4-mini --out runs/dec-sinsr-mini --set train=decoder_sr \
+        --set init_from=assets/weights/sinsr-mini                       (the decoder on the UNet's own latents)
     python -m sr_core.training.resshift_cli configs                     (mini configs, sizes)
     python -m sr_core.training.resshift_cli bench --sizes 64,128        (both minis, one process)
     python -m sr_core.training.resshift_cli train RECIPE ...            (= python -m sr_core.training,
@@ -39,7 +41,10 @@ Objectives follow the official code (read, not copied):
   28.79 / 26.23 / 27.17 -> 29.23 / 26.38 / 27.26 dB) but the minis decoded through it did not on BSD100
   (resshift-mini 27.88 / 25.33 / 26.09 -> 28.10 / 25.42 / 26.04, sinsr-mini 27.77 / 25.26 / 26.00 ->
   27.81 / 25.33 / 25.95): a decoder fitted to clean codes is no better on the UNets' predicted ones,
-  so the bundles kept their decoder.
+  so the bundles kept their decoder.  Hence `train=decoder_sr` (`DecoderSRTrainer`): the decoder side
+  learns from the codes the UNet of `sr_from` (default `init_from`) actually samples from the LR, with the
+  sampler that model serves with, and the loss is the MSE to HR after the bundle's colour fix -- the
+  decoder learns to decode what the method decodes, and spends itself on what the fix leaves to it.
 - stage 2 (ResShift `GaussianDiffusion.training_losses`): z0 = E(HR), y = E(bicubic-up(LR)) with the
   pre-quantisation encoder and torch's bicubic x4, t ~ U{0..T-1}, x_t = q_sample(z0, y, t, eps), the
   UNet predicts z0 from (x_t / sqrt(kappa^2 eta_t + 1), t, lq = LR in [-1, 1]); loss MSE in latent
@@ -470,6 +475,82 @@ class SinSRTrainer(_LatentSR):
 
 
 # ------------------------------------------------------------------------------------------------
+# decoder adaptation: the decoder learns the latents the UNet actually produces
+
+
+SR_SAMPLERS = ("stochastic", "deterministic", "one_step")
+
+
+def sr_sampler_of(path: str) -> str:
+    """The sampler a resshift-mini / sinsr-mini run or bundle serves with: `one_step` for a SinSR student
+    (a bundle whose UNet is SinSR's `direct_lq` variant, or a sinsr-mini run), else `stochastic`."""
+    sd, cfg, folder = _load_source(path)
+    student = bool(cfg["unet"].get("direct_lq")) if folder else any(k.startswith("teacher.") for k in sd)
+    return "one_step" if student else "stochastic"
+
+
+class DecoderSRTrainer(_HasConfig):
+    """forward(hr, lr in [0, 1]) -> {'loss', 'mse'}: the decoder side of `ae` (post_quant_conv + decoder)
+    trained on the latents the frozen `unet` samples from the LR -- not on E(HR) -- so that it decodes what
+    the method serves: LR -> torch bicubic x4 -> E -> `sampler` with `unet` -> quantise -> D.  The loss is
+    the MSE to HR after the colour fix the bundle applies (`color_fix` against the LR upsampled by MATLAB
+    bicubic, as `run_method`), so the decoder spends itself on what the fix leaves to the model.  Encoder,
+    quant_conv and codebook stay frozen: the latent space, and with it the UNet, is unchanged."""
+
+    def __init__(self, ae: nn.Module, unet: nn.Module, config: dict, sampler: str, color_fix: str):
+        super().__init__()
+        if sampler not in SR_SAMPLERS:
+            raise ValueError(f"sr_sampler must be one of {', '.join(SR_SAMPLERS)} (or auto), not {sampler!r}")
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"sr_color_fix must be one of {', '.join(COLOR_FIXES)}, not {color_fix!r}")
+        self.ae, self.unet = ae, unet
+        self.ae.requires_grad_(False)
+        self.ae.post_quant_conv.requires_grad_(True)
+        self.ae.decoder.requires_grad_(True)
+        self.unet.requires_grad_(False).eval()
+        self._set_config(config)
+        self.sampler, self.color_fix = sampler, color_fix
+        self.schedule = _schedule(config)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.unet.eval()
+        self.ae.encoder.eval()
+        return self
+
+    @torch.no_grad()
+    def sr_codes(self, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The quantised latent the method decodes for an LR batch in [0, 1] (sides a multiple of the UNet's);
+        the sampler's noise from `generator` (CPU; default: one seeded from torch's global RNG)."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        sf = int(self.config["diffusion"].get("sf", 4))
+        lq = lr.float() * 2 - 1
+        fn = {"stochastic": rs.sample_resshift, "deterministic": rs.sample_sinsr_ddim, "one_step": rs.one_step}
+        z_y = self.ae.encode(_bicubic_up(lq, sf)).float()
+        z = fn[self.sampler](lambda x, t: self.unet(x, t, lq=lq).float(), z_y, self.schedule, generator=generator)
+        q = self.ae.quantize
+        b, c, h, w = z.shape
+        with torch.autocast(z.device.type, enabled=False):  # nearest codes in float32, as VQTrainer.quantize
+            return q.embedding(q.indices(z.float())).float().view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def sr_output(self, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """SR in [0, 1] as `run_method` serves it (decoded, clamped, colour-fixed), differentiable in the decoder."""
+        from .. import imaging
+        from ..api import apply_color_fix
+
+        rec = self.ae.decoder(self.ae.post_quant_conv(self.sr_codes(lr, generator))).float()
+        sf = int(self.config["diffusion"].get("sf", 4))
+        with torch.no_grad():
+            ref = imaging.imresize(lr.float(), float(sf)).clamp(0, 1)
+        return apply_color_fix((rec.clamp(-1, 1) + 1) / 2, lr, sf, self.color_fix, ref=ref)
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict:
+        mse = F.mse_loss(self.sr_output(lr, generator), hr.float())
+        return {"loss": mse, "mse": mse}
+
+
+# ------------------------------------------------------------------------------------------------
 # inference (validation in the trainer; the served path is sr_core.methods.resshift)
 
 
@@ -507,18 +588,25 @@ class VQF4Recipe(Recipe):
     init_from: str = ""  # warm start: the autoencoder of a vqf4-mini / resshift-mini run or bundle ('' = none)
     # what trains: "all", or "decoder" -- post_quant_conv + decoder of the `init_from` autoencoder, with its
     # encoder, quant_conv and codebook frozen: the latent space stays bit for bit the one the UNets of the
-    # bundles were trained in, so the new decoder drops into them (`resshift_cli redecode`)
+    # bundles were trained in, so the new decoder drops into them (`resshift_cli redecode`); or "decoder_sr" --
+    # the same, but the decoder learns from the latents the UNet of `sr_from` samples from the LR (what the method
+    # decodes), with the MSE to HR after `sr_color_fix` as the loss (DecoderSRTrainer)
     train: str = "all"
+    sr_from: str = ""  # train=decoder_sr: the resshift-mini / sinsr-mini run or bundle whose UNet samples ('' = init_from)
+    sr_sampler: str = "auto"  # train=decoder_sr: stochastic | deterministic | one_step; auto: as that model serves
+    sr_color_fix: str = "wavelet"  # train=decoder_sr: the colour fix the loss sees (the minis' default)
 
     def build_model(self) -> nn.Module:
         from ..nets.vqgan import VQModel
         from ..weights import load_into
 
-        if self.train not in ("all", "decoder"):
-            raise ValueError(f"vqf4-mini: train must be 'all' or 'decoder', not {self.train!r}")
-        if self.train == "decoder" and not self.init_from:
-            raise ValueError("vqf4-mini: train=decoder fine-tunes the decoder of a trained autoencoder; "
+        if self.train not in ("all", "decoder", "decoder_sr"):
+            raise ValueError(f"vqf4-mini: train must be 'all', 'decoder' or 'decoder_sr', not {self.train!r}")
+        if self.train != "all" and not self.init_from:
+            raise ValueError(f"vqf4-mini: train={self.train} fine-tunes the decoder of a trained autoencoder; "
                              "set init_from= (a resshift-mini / sinsr-mini bundle or a vqf4-mini run)")
+        if self.train == "decoder_sr":
+            return self._decoder_sr_model()
         cfg = mini_bundle_config(self.model_config)
         decoder_only = self.train == "decoder"
         trainer = VQTrainer(VQModel(**cfg["autoencoder"]), cfg, self.vq_beta, self.edge_weight,
@@ -534,7 +622,21 @@ class VQF4Recipe(Recipe):
             trainer.ae.decoder.requires_grad_(True)
         return trainer
 
+    def _decoder_sr_model(self) -> nn.Module:
+        src = self.sr_from or self.init_from
+        ae, _ = load_autoencoder(self.init_from, self.model_config)
+        unet, unet_ae, cfg = load_teacher(src, self.model_config)
+        ours, theirs = ae.state_dict(), unet_ae.state_dict()
+        moved = [k for k in ours if k.startswith(LATENT_SIDE) and not torch.equal(ours[k], theirs[k])]
+        if moved:
+            raise ValueError(f"vqf4-mini train=decoder_sr: the UNet of {src} was trained in another latent space "
+                             f"than the autoencoder of {self.init_from} ({moved[0]} differs)")
+        sampler = sr_sampler_of(src) if self.sr_sampler == "auto" else self.sr_sampler
+        return DecoderSRTrainer(ae.train(), unet, cfg, sampler, self.sr_color_fix)
+
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
+        if self.train == "decoder_sr":
+            return model(batch["hr"], batch["lr"], batch.get("generator"))  # the batch's generator: seeded noise
         return model(batch["hr"])
 
     def export_run(self, run_dir, **kw) -> dict:
@@ -542,10 +644,17 @@ class VQF4Recipe(Recipe):
                          "resshift-mini / sinsr-mini bundles carry it as autoencoder.safetensors")
 
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
-        """Sanity only: the quantised round trip of the bicubic-upsampled LR (about bicubic PSNR)."""
+        """Sanity only: the quantised round trip of the bicubic-upsampled LR (about bicubic PSNR); with
+        train=decoder_sr, the SR the method serves (seed 0) through the decoder in training, colour-fixed."""
         from .. import tiling
 
-        ae = _unwrap(model).ae
+        m = _unwrap(model)
+        if isinstance(m, DecoderSRTrainer):
+            from ..api import apply_color_fix
+
+            out = sr_latent(m.unet, m.ae, m.config, lr, m.sampler)
+            return apply_color_fix(out, lr, self.scale, m.color_fix)
+        ae = m.ae
         up, (h, w) = tiling.pad_to_multiple(_bicubic_up(lr.float() * 2 - 1, self.scale), ae.downsample_factor)
         return ((ae.decode(ae.encode(up)).float().clamp(-1, 1) + 1) / 2)[..., :h, :w]
 
@@ -851,11 +960,18 @@ def _decoder_text(d: Optional[dict]) -> str:
     rt = ", ".join(f"{s} {d['recon_before'][s]:.2f} -> {v:.2f}" for s, v in (d.get("recon_after") or {}).items()
                    if s in (d.get("recon_before") or {}))
     wall = f"{float(d['wall_seconds']) / 60:.0f} min" if d.get("wall_seconds") else "? min"
-    return (f"- Decoder fine-tune (`resshift_cli redecode`, from `{d.get('source')}`): `post_quant_conv` + decoder "
-            f"retrained (recipe vqf4-mini, train={d.get('train')}, init_from `{d.get('init_from')}`) with the encoder, "
+    if d.get("train") == "decoder_sr":
+        on = (f" on the latents the UNet of `{d.get('sr_from')}` samples from the LR ({d.get('sr_sampler')} sampler; "
+              f"loss: MSE to HR after the {d.get('sr_color_fix')} colour fix, as the bundle serves) instead of E(HR)")
+    else:
+        on = ""
+    src = (f"the decoder of bundle `{d['source']}`, trained in run `{d['via']}`" if d.get("via")
+           else f"from `{d.get('source')}`")
+    return (f"- Decoder fine-tune (`resshift_cli redecode`, {src}): `post_quant_conv` + decoder "
+            f"retrained (recipe vqf4-mini, train={d.get('train')}, init_from `{d.get('init_from')}`){on} with the encoder, "
             f"quant_conv and codebook frozen -- the UNet's latent space is unchanged: {d.get('steps')} steps, batch "
             f"{d.get('batch_size')}, HR {d.get('patch_hr')} crops, lr {d.get('lr')}, {d.get('device')}, "
-            f"{d.get('mixed_precision')}, {wall}. Round trip E -> quantise -> D, Y-PSNR dB"
+            f"mixed precision {d.get('mixed_precision')}, {wall}. Round trip E -> quantise -> D, Y-PSNR dB"
             f"{' (first ' + str(d['recon_limit']) + ' images)' if d.get('recon_limit') else ''}: {rt}.\n")
 
 
@@ -977,6 +1093,24 @@ def _recon_sets(ae: nn.Module, sets, eval_root: Path, limit: Optional[int]) -> d
             for s in sets if (Path(eval_root) / s / "HR").is_dir()}
 
 
+def _decoder_sr_entry(rec: dict) -> dict:
+    """What a train=decoder_sr run learnt from: the UNet's source, its sampler (auto resolved), the colour fix."""
+    src = rec.get("sr_from") or rec.get("init_from")
+    sampler = rec.get("sr_sampler") or "auto"
+    if sampler == "auto":
+        try:
+            sampler = sr_sampler_of(src)
+        except (OSError, ValueError, KeyError):
+            pass  # the source is gone: the card says "auto"
+    return {"sr_from": src, "sr_sampler": sampler, "sr_color_fix": rec.get("sr_color_fix")}
+
+
+def _bundle_decoder_finetune(folder: Path) -> Optional[dict]:
+    """The `decoder_finetune` entry of a bundle's train_info.json (None when its decoder is the original)."""
+    p = Path(folder) / "train_info.json"
+    return json.loads(p.read_text()).get("decoder_finetune") if p.exists() else None
+
+
 def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: Optional[int] = None,
                     eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT, device: str = "auto") -> dict:
     """Put the decoder side (`post_quant_conv`, `decoder`) of `decoder_from` -- a vqf4-mini run trained with
@@ -987,6 +1121,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     autoencoder.safetensors, SHA256SUMS, train_info.json (`decoder_finetune`: the run, and the round trip
     before / after) and the model card (figures recomputed through the method; its notes and any
     later sections are kept)."""
+    from ..methods.resshift import bundle_color_fix
     from ..nets.vqgan import VQModel
     from ..weights import load_into, load_state_dict, save_safetensors
 
@@ -1019,10 +1154,16 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     entry = {"source": str(decoder_from), "steps": run_info.get("steps"), "batch_size": rec.get("batch_size"),
              "lr": rec.get("lr"), "patch_hr": (rec.get("patch_lr") or 0) * (rec.get("scale") or 0) or None,
              "init_from": rec.get("init_from"), "train": rec.get("train"), "device": run_info.get("device"),
+             **(_decoder_sr_entry(rec) if rec.get("train") == "decoder_sr" else {}),
              "mixed_precision": run_info.get("mixed_precision"), "wall_seconds": run_info.get("wall_seconds"),
-             "finished": run_info.get("finished"), "recon_limit": limit,
+             "finished": run_info.get("finished")}
+    prior = _bundle_decoder_finetune(folder) if folder else None
+    if prior:  # another bundle whose decoder was itself swapped in: the card names the run that trained it
+        entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_")},
+                     source=str(decoder_from), via=prior.get("via") or prior.get("source"))
+    entry.update({"recon_limit": limit,
              "recon_before": _recon_sets(ae_old, eval_sets, eval_root, limit),
-             "recon_after": _recon_sets(ae_new, eval_sets, eval_root, limit)}
+             "recon_after": _recon_sets(ae_new, eval_sets, eval_root, limit)})
     ae_path = bundle / "autoencoder.safetensors"
     old_bytes = ae_path.read_bytes()
     save_safetensors(merged, ae_path)
@@ -1031,7 +1172,8 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     except BaseException:
         ae_path.write_bytes(old_bytes)
         raise
-    extra = _bundle_extra(bundle, cfg, info, ae_new, figures, {})
+    probe = recon_color_fix(ae_new, bundle_color_fix(cfg), eval_root) if evaluate else {}
+    extra = _bundle_extra(bundle, cfg, info, ae_new, figures, probe)
     card_path = bundle / "MODEL_CARD.md"
     notes, tail = _card_sections(card_path.read_text()) if card_path.exists() else ("", "")
     res = _finish_bundle(bundle, cfg.get("name") or bundle.name, kind, _recipe_from_dict(info["recipe"]),
@@ -1173,7 +1315,8 @@ def main(argv=None) -> int:
     d = sub.add_parser("redecode", help="put a fine-tuned decoder (same latent space) into a mini bundle")
     d.add_argument("bundle")
     d.add_argument("--decoder-from", required=True,
-                   help="vqf4-mini run trained with --set train=decoder --set init_from=BUNDLE (or a bundle)")
+                   help="vqf4-mini run trained with --set train=decoder (or train=decoder_sr) --set "
+                        "init_from=BUNDLE or the bundle's run, or another bundle")
     d.add_argument("--no-eval", action="store_true")
     d.add_argument("--eval-limit", type=int, default=0)
     d.add_argument("--device", default="auto")
