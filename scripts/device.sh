@@ -7,7 +7,8 @@
 # $OUT; no ../shared and no network there; its python3 has torch/accelerate/peft/safetensors/einops but
 # not diffusers.  So one call of a few minutes' training -- of one issue, or of two side by side on the one GPU
 # (ISSUE = resshift,sd: the chains are strings of small kernels that leave most of an H200 idle; their
-# handoffs fit $OUT together, 8 files / 56 MiB):
+# handoffs fit $OUT together, 8 files / 56 MiB, with resshift's decoder adaptation left out -- alone, resshift
+# hands back 7 files / ~40 MiB):
 #
 #   scripts/device.sh prep ISSUE          here: a training pack sized to fit, the wheels in .whl/, the LPIPS
 #                                         weights in packs/, and a temporary branch `device-tmp` without the
@@ -70,6 +71,11 @@ conf() {
     resshift) SCRIPT=scripts/train_resshift_minis.sh; TRAIN_STAGES=vq,rs,sin,adapt; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini dec-resshift-mini dec-sinsr-mini)
               KEEP=(); WKEEP=(resshift-mini); WARM=(INIT_FROM=assets/weights/resshift-mini); NEED_LPIPS=0; NEED_WHEELS=0; SHARES=(0.2 0.4 0.2 0.2); BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN BUDGET_ADAPT); MIN_DEFAULT=6
               [ "${SIN_WARM:-0}" = 1 ] && WKEEP+=(sinsr-mini)
+              if [ "${#ISSUES[@]}" -gt 1 ]; then  # beside another chain its 7 handoff files leave no room in $OUT:
+                # no decoder adaptation there (the export keeps the trained decoders; stage adapt can follow here)
+                TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini); SHARES=(0.3 0.45 0.25)
+                BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN); MIN_DEFAULT=7
+              fi
               COLLECT_DEFAULT=export,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
               KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE); MIN_DEFAULT=7
