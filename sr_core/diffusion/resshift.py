@@ -38,6 +38,7 @@ __all__ = [
     "sample_resshift",
     "sample_sinsr_ddim",
     "one_step",
+    "SAMPLERS",
 ]
 
 # denoise_fn(x_t_scaled, t) -> x0 prediction; x_t_scaled = scale_input(x_t, schedule, t) and t is a
@@ -316,3 +317,7 @@ def one_step(denoise_fn: DenoiseFn, y: torch.Tensor, schedule: ResShiftSchedule,
     if callback is not None:
         callback({"i": 0, "t": t, "x_t": x, "x0_pred": x0_pred, "x_prev": x0_pred})
     return x0_pred
+
+
+# the samplers by the names the methods, presets and recipes use
+SAMPLERS = {"stochastic": sample_resshift, "deterministic": sample_sinsr_ddim, "one_step": one_step}

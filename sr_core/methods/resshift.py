@@ -229,9 +229,7 @@ class ResShiftPipeline:
         return [ctx.randn(("resshift", i), c, hh, ww, factor).to(z_y.device, z_y.dtype) for i in range(n)]
 
     def _sample(self, denoise_fn, z_y: torch.Tensor, schedule: rs.ResShiftSchedule, noise, callback):
-        fn = {"stochastic": rs.sample_resshift, "deterministic": rs.sample_sinsr_ddim,
-              "one_step": rs.one_step}[self.sampler_name]
-        return fn(denoise_fn, z_y, schedule, noise=noise, callback=callback)
+        return rs.SAMPLERS[self.sampler_name](denoise_fn, z_y, schedule, noise=noise, callback=callback)
 
     @torch.inference_mode()
     def run(self, lr: torch.Tensor, ctx: RunContext) -> torch.Tensor:

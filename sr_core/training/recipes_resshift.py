@@ -270,9 +270,7 @@ class VQTrainer(_HasConfig):
         x = hr * 2 - 1
         if self.decoder_only:  # the latent space is fixed: frozen encoder and codebook, no VQ losses
             with torch.no_grad():
-                z = self.ae.encode(x).float()
-                b, c, h, w = z.shape
-                zq = self.ae.quantize.embedding(self.ae.quantize.indices(z)).view(b, h, w, c).permute(0, 3, 1, 2)
+                zq = _nearest_codes(self.ae, self.ae.encode(x))
             rec = self.ae.decoder(self.ae.post_quant_conv(zq)).float()
             l1 = F.l1_loss(rec, x)
             return self._recon_terms(rec, x, l1, {"l1": l1})
@@ -326,6 +324,23 @@ def _load_source(path: str) -> tuple[dict, dict, Optional[Path]]:
 
 def _sub(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _nearest_codes(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The codebook entries nearest to latent `z` (b, c, h, w), looked up in float32 whatever the autocast."""
+    q = ae.quantize
+    b, c, h, w = z.shape
+    with torch.autocast(z.device.type, enabled=False):
+        return q.embedding(q.indices(z.float())).float().view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _sample_latent(unet: nn.Module, ae: nn.Module, config: dict, lq: torch.Tensor, sampler: str,
+                   generator: torch.Generator, schedule: Optional[rs.ResShiftSchedule] = None) -> torch.Tensor:
+    """The method's latent x0 for an LR in [-1, 1] (sides a multiple of the UNet's): torch bicubic x4, encode,
+    `sampler` with `unet` (`schedule`: config's, built if not given) -- unquantised, as the sampler returns it."""
+    z_y = ae.encode(_bicubic_up(lq, int(config["diffusion"].get("sf", 4)))).float()
+    return rs.SAMPLERS[sampler](lambda x, t: unet(x, t, lq=lq).float(), z_y, schedule or _schedule(config),
+                               generator=generator)
 
 
 def load_autoencoder(ae_from: str, model_config: Optional[dict] = None) -> tuple[nn.Module, dict]:
@@ -478,7 +493,7 @@ class SinSRTrainer(_LatentSR):
 # decoder adaptation: the decoder learns the latents the UNet actually produces
 
 
-SR_SAMPLERS = ("stochastic", "deterministic", "one_step")
+SR_SAMPLERS = tuple(rs.SAMPLERS)
 
 
 def sr_sampler_of(path: str) -> str:
@@ -524,15 +539,9 @@ class DecoderSRTrainer(_HasConfig):
         the sampler's noise from `generator` (CPU; default: one seeded from torch's global RNG)."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        sf = int(self.config["diffusion"].get("sf", 4))
-        lq = lr.float() * 2 - 1
-        fn = {"stochastic": rs.sample_resshift, "deterministic": rs.sample_sinsr_ddim, "one_step": rs.one_step}
-        z_y = self.ae.encode(_bicubic_up(lq, sf)).float()
-        z = fn[self.sampler](lambda x, t: self.unet(x, t, lq=lq).float(), z_y, self.schedule, generator=generator)
-        q = self.ae.quantize
-        b, c, h, w = z.shape
-        with torch.autocast(z.device.type, enabled=False):  # nearest codes in float32, as VQTrainer.quantize
-            return q.embedding(q.indices(z.float())).float().view(b, h, w, c).permute(0, 3, 1, 2)
+        z = _sample_latent(self.unet, self.ae, self.config, lr.float() * 2 - 1, self.sampler, generator,
+                           self.schedule)
+        return _nearest_codes(self.ae, z)
 
     def sr_output(self, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """SR in [0, 1] as `run_method` serves it (decoded, clamped, colour-fixed), differentiable in the decoder."""
@@ -564,10 +573,7 @@ def sr_latent(unet: nn.Module, ae: nn.Module, config: dict, lr: torch.Tensor, sa
 
     sf = int(config["diffusion"].get("sf", 4))
     y0, (h, w) = tiling.pad_to_multiple(lr.float() * 2 - 1, unet_size_multiple(config["unet"]))
-    schedule = _schedule(config)
-    z_y = ae.encode(_bicubic_up(y0, sf)).float()
-    fn = {"stochastic": rs.sample_resshift, "deterministic": rs.sample_sinsr_ddim, "one_step": rs.one_step}[sampler]
-    z0 = fn(lambda x, t: unet(x, t, lq=y0).float(), z_y, schedule, generator=torch.Generator().manual_seed(seed))
+    z0 = _sample_latent(unet, ae, config, y0, sampler, torch.Generator().manual_seed(seed))
     out = ae.decode(z0).float().clamp(-1, 1)
     return tiling.crop_to((out + 1) / 2, h * sf, w * sf)
 
