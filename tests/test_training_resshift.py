@@ -377,6 +377,61 @@ def test_decoder_sr_learns_what_the_method_decodes(tiny, tmp_path):
         _smoke("vqf4-mini", ("train=decoder_sr",)).build_model()
 
 
+def test_a_continuation_exported_over_its_bundle_keeps_the_lineage(tiny, tmp_path):
+    """A warm-started resshift-mini run exported over the bundle it continued: train_info / the card say what it
+    continued (steps, batch, device, and all steps in all), and the adapted decoder that came with the bundle's
+    autoencoder stays on the card (it is bit for bit the exported one); a SinSR student distilled from that
+    teacher carries the decoder too, and says it started from an earlier student."""
+    from sr_core.weights import load_state_dict
+
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq, rs_run, sin_run = tmp_path / "vq", tmp_path / "rs", tmp_path / "sin"
+    train(_smoke("vqf4-mini"), max_steps=2, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=3, out=rs_run, **kw)
+    train(_smoke("sinsr-mini", (f"teacher_from={rs_run}",)), max_steps=1, out=sin_run, **kw)
+    w = tmp_path / "w"
+    rs_bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=w, evaluate=False)["dir"])
+    sin_bundle = Path(RR.export_resshift_run(sin_run, model_id="sinsr-mini", assets_dir=w, evaluate=False)["dir"])
+    first = json.loads((rs_bundle / "train_info.json").read_text())
+    assert "warm_start" not in first and "decoder_finetune" not in first
+    dec = tmp_path / "dec"
+    train(_smoke("vqf4-mini", ("train=decoder", f"init_from={rs_bundle}")), max_steps=2, out=dec, **kw)
+    RR.redecode_bundle(rs_bundle, dec, evaluate=False)
+    entry = json.loads((rs_bundle / "train_info.json").read_text())["decoder_finetune"]
+
+    cont = tmp_path / "rs-cont"
+    train(_smoke("resshift-mini", (f"ae_from={rs_bundle}", f"init_from={rs_bundle}")), max_steps=2, out=cont, **kw)
+    RR.export_resshift_run(cont, model_id="resshift-mini", assets_dir=w, evaluate=False)
+    info = json.loads((rs_bundle / "train_info.json").read_text())
+    ws = info["warm_start"]
+    assert ws["from"] == str(rs_bundle) and ws["steps"] == 3 and ws["steps_total"] == 3 and ws["device"]
+    assert ws["batch_size"] == first["recipe"]["batch_size"] and info["steps"] == 2
+    assert info["decoder_finetune"] == dict(entry, came_with=str(rs_bundle))  # came with the autoencoder
+    card = (rs_bundle / "MODEL_CARD.md").read_text()
+    assert f"warm-started from `{rs_bundle}` (3 steps, batch" in card and "5 steps in all" in card
+    assert "Decoder fine-tune" in card
+    assert f"Carried over unchanged with the frozen autoencoder of `{rs_bundle}`" in card
+
+    # a second continuation: the chain is kept and counted
+    cont2 = tmp_path / "rs-cont2"
+    train(_smoke("resshift-mini", (f"ae_from={rs_bundle}", f"init_from={rs_bundle}")), max_steps=1, out=cont2, **kw)
+    RR.export_resshift_run(cont2, model_id="resshift-mini", assets_dir=w, evaluate=False)
+    info2 = json.loads((rs_bundle / "train_info.json").read_text())
+    assert info2["warm_start"]["steps_total"] == 5 and info2["warm_start"]["prior"]["steps"] == 3
+    assert "6 steps in all" in (rs_bundle / "MODEL_CARD.md").read_text()
+
+    sin2 = tmp_path / "sin2"
+    train(_smoke("sinsr-mini", (f"teacher_from={rs_bundle}", f"init_from={sin_bundle}")), max_steps=1, out=sin2, **kw)
+    RR.export_resshift_run(sin2, model_id="sinsr-mini", assets_dir=w, evaluate=False)
+    sinfo = json.loads((sin_bundle / "train_info.json").read_text())
+    assert sinfo["decoder_finetune"] == dict(entry, came_with=str(rs_bundle)) and sinfo["warm_start"]["steps"] == 1
+    assert "student initialised from an earlier student" in (sin_bundle / "MODEL_CARD.md").read_text()
+    # an autoencoder other than the source bundle's: no decoder entry is claimed
+    other = {k: v + 1 for k, v in load_state_dict(rs_bundle / "autoencoder.safetensors").items()}
+    assert RR.decoder_finetune_of(str(rs_bundle), other) is None
+    assert RR.decoder_finetune_of(str(cont2), load_state_dict(rs_bundle / "autoencoder.safetensors")) == entry
+
+
 def test_set_bundle_color_fix_rewrites_config_and_card(tiny, tmp_path, monkeypatch):
     """`set-color-fix`: a bundle's default colour fix changes in config.json (served by the method), the card
     is re-measured with it (notes and later sections kept), SHA256SUMS follow; a failed evaluation puts the

@@ -887,6 +887,14 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     model_id = model_id or recipe.export_id or recipe.name
     cfg = bundle_config_for(model.config, kind, model_id, color_fix)
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
+    # read before the bundle is written: a continuation is usually exported over the bundle it started from
+    info = dict(info)
+    if getattr(recipe, "init_from", ""):
+        info["warm_start"] = warm_start_entry(recipe.init_from)
+    ae_src = recipe.ae_from if kind == "resshift" else recipe.teacher_from
+    dec = decoder_finetune_of(ae_src, model.ae.state_dict()) if ae_src else None
+    if dec:  # the adapted decoder came with the frozen autoencoder: its entry stays, saying so
+        info["decoder_finetune"] = dict(dec, came_with=str(ae_src))
     unet = _half_copy(model.unet) if unet_dtype == "fp16" else copy.deepcopy(model.unet)
     write_bundle(dest, cfg, unet, model.ae)
     figures = evaluate_bundle(kind, dest, eval_sets, eval_root, eval_limit, device=device) if evaluate else {}
@@ -978,7 +986,9 @@ def _decoder_text(d: Optional[dict]) -> str:
             f"quant_conv and codebook frozen -- the UNet's latent space is unchanged: {d.get('steps')} steps, batch "
             f"{d.get('batch_size')}, HR {d.get('patch_hr')} crops, lr {d.get('lr')}, {d.get('device')}, "
             f"mixed precision {d.get('mixed_precision')}, {wall}. Round trip E -> quantise -> D, Y-PSNR dB"
-            f"{' (first ' + str(d['recon_limit']) + ' images)' if d.get('recon_limit') else ''}: {rt}.\n")
+            f"{' (first ' + str(d['recon_limit']) + ' images)' if d.get('recon_limit') else ''}: {rt}."
+            + (f" Carried over unchanged with the frozen autoencoder of `{d['came_with']}`: adapted to the UNets as "
+               "they were before this run." if d.get("came_with") else "") + "\n")
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
@@ -1013,9 +1023,14 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
                      "teacher map, inverse MSE (student at index 0 maps the teacher's x0 back to x_T) and the "
                      "consistency-preserving MSE on ground truth (GT latent -> predicted x_T -> back to the GT), "
                      f"weights {getattr(recipe, 'w_distill', 1)}, {getattr(recipe, 'w_inverse', 1)}, "
-                     f"{getattr(recipe, 'w_gt', 1)}; student initialised from the teacher.")
+                     f"{getattr(recipe, 'w_gt', 1)}; student initialised from "
+                     f"{'an earlier student (warm start)' if getattr(recipe, 'init_from', '') else 'the teacher'}.")
         method = "`SinSR(\"mini\")` (`sr_core/methods/sinsr.py`), one UNet call at t = T-1"
-    warm = f", warm-started from `{recipe.init_from}`" if getattr(recipe, "init_from", "") else ""
+    ws = info.get("warm_start")
+    if ws:  # what the run continued, recorded at export
+        warm = f"{_warm_text(ws)} -- {int(info.get('steps') or 0) + int(ws.get('steps_total') or 0)} steps in all"
+    else:
+        warm = f", warm-started from `{recipe.init_from}`" if getattr(recipe, "init_from", "") else ""
     partial = " (stopped early; exported from the last checkpoint)" if info.get("partial") else ""
     limit_note = f", first {eval_limit} images" if eval_limit else ""
     wall = float(info.get("wall_seconds") or 0.0)
@@ -1111,6 +1126,68 @@ def _decoder_sr_entry(rec: dict) -> dict:
     return {"sr_from": src, "sr_sampler": sampler, "sr_color_fix": rec.get("sr_color_fix")}
 
 
+def _info_of(path: str) -> tuple[dict, Optional[Path]]:
+    """(train_info.json, the bundle folder or None) of a run folder, its checkpoint file or a bundle ({} when
+    there is none to read)."""
+    p = _resolve(path)
+    folder = p if p.is_dir() else p.parent.parent  # <run>/ckpt/last.pt -> <run>
+    ip = folder / "train_info.json"
+    info = json.loads(ip.read_text()) if ip.exists() else {}
+    return info, (folder if (folder / "config.json").exists() else None)
+
+
+def warm_start_entry(path: str) -> dict:
+    """What a warm start (`init_from`) continued: the training of that run or bundle (steps, batch, lr, device,
+    wall time) and, when it was itself a continuation, that one's (`prior`); `steps_total` counts them all."""
+    info, _ = _info_of(path)
+    rec = info.get("recipe") or {}
+    e = {"from": str(path), "recipe": rec.get("name"), "steps": info.get("steps"),
+         "batch_size": rec.get("batch_size"), "lr": rec.get("lr"), "device": info.get("device"), "mixed_precision": info.get("mixed_precision"),
+         "wall_seconds": info.get("wall_seconds"), "finished": info.get("finished"),
+         "exported_on": info.get("exported_on")}
+    prior = info.get("warm_start")
+    if prior:
+        e["prior"] = prior
+    e["steps_total"] = int(e["steps"] or 0) + int((prior or {}).get("steps_total") or 0)
+    return e
+
+
+def decoder_finetune_of(path: str, ae_state: dict, _depth: int = 0) -> Optional[dict]:
+    """The `decoder_finetune` entry that comes with the autoencoder a stage took from `path` (its `ae_from` /
+    `teacher_from`): the bundle's own, or, for a run, that of the source it took its autoencoder from -- only
+    while the autoencoder is bit for bit the one in `ae_state` (None otherwise, and for an original decoder)."""
+    from ..weights import load_state_dict
+
+    try:
+        info, folder = _info_of(path)
+    except (OSError, ValueError):
+        return None
+    if folder is not None:
+        entry = {k: v for k, v in (info.get("decoder_finetune") or {}).items() if k != "came_with"}
+        if not entry:
+            return None
+        theirs = load_state_dict(folder / "autoencoder.safetensors")
+        same = set(theirs) == set(ae_state) and all(torch.equal(theirs[k].float(), ae_state[k].float().cpu())
+                                                    for k in theirs)
+        return dict(entry) if same else None
+    rec = info.get("recipe") or {}
+    src = rec.get("ae_from") or rec.get("teacher_from")
+    return decoder_finetune_of(src, ae_state, _depth + 1) if src and _depth < 8 else None
+
+
+def _warm_text(w: Optional[dict]) -> str:
+    """The card's words on what a warm-started run continued."""
+    if not w:
+        return ""
+    parts, e = [], w
+    while e:
+        wall = f", {float(e['wall_seconds']) / 60:.0f} min" if e.get("wall_seconds") else ""
+        parts.append(f"`{e['from']}` ({e.get('steps')} steps, batch {e.get('batch_size')}, lr {e.get('lr')}, "
+                     f"{e.get('device')}{wall})")
+        e = e.get("prior")
+    return f"; warm-started from {', which continued '.join(parts)}"
+
+
 def _bundle_decoder_finetune(folder: Path) -> Optional[dict]:
     """The `decoder_finetune` entry of a bundle's train_info.json (None when its decoder is the original)."""
     p = Path(folder) / "train_info.json"
@@ -1165,7 +1242,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
              "finished": run_info.get("finished")}
     prior = _bundle_decoder_finetune(folder) if folder else None
     if prior:  # another bundle whose decoder was itself swapped in: the card names the run that trained it
-        entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_")},
+        entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_") and k != "came_with"},
                      source=str(decoder_from), via=prior.get("via") or prior.get("source"))
     entry.update({"recon_limit": limit,
              "recon_before": _recon_sets(ae_old, eval_sets, eval_root, limit),
