@@ -39,6 +39,19 @@ def _tiny_nets(steps=4):
     return teacher, ae, cfg
 
 
+def _three_stages(tmp_path: Path, kw: dict):
+    """Smoke runs of the three stages (3, 2 and 1 steps) and the two bundles exported from them (no figures):
+    (vq run, resshift run, sinsr run, resshift bundle, sinsr bundle)."""
+    vq, rs_run, sin_run = tmp_path / "vq", tmp_path / "rs", tmp_path / "sin"
+    train(_smoke("vqf4-mini"), max_steps=3, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    train(_smoke("sinsr-mini", (f"teacher_from={rs_run}",)), max_steps=1, out=sin_run, **kw)
+    w = tmp_path / "w"
+    rs_bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=w, evaluate=False)["dir"])
+    sin_bundle = Path(RR.export_resshift_run(sin_run, model_id="sinsr-mini", assets_dir=w, evaluate=False)["dir"])
+    return vq, rs_run, sin_run, rs_bundle, sin_bundle
+
+
 def test_registered_and_configs():
     assert {"vqf4-mini", "resshift-mini", "sinsr-mini"} <= set(RR.register({}))
     from sr_core.nets.resshift_unet import ResShiftUNet
@@ -315,13 +328,7 @@ def test_decoder_sr_learns_what_the_method_decodes(tiny, tmp_path):
     from sr_core.weights import load_state_dict
 
     kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
-    vq, rs_run, sin_run = tmp_path / "vq", tmp_path / "rs", tmp_path / "sin"
-    train(_smoke("vqf4-mini"), max_steps=3, out=vq, **kw)
-    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
-    train(_smoke("sinsr-mini", (f"teacher_from={rs_run}",)), max_steps=1, out=sin_run, **kw)
-    w = tmp_path / "w"
-    rs_bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=w, evaluate=False)["dir"])
-    sin_bundle = Path(RR.export_resshift_run(sin_run, model_id="sinsr-mini", assets_dir=w, evaluate=False)["dir"])
+    vq, rs_run, sin_run, rs_bundle, sin_bundle = _three_stages(tmp_path, kw)
     assert [RR.sr_sampler_of(str(p)) for p in (rs_bundle, sin_bundle, rs_run, sin_run)] == \
         ["stochastic", "one_step", "stochastic", "one_step"]
 
@@ -385,13 +392,7 @@ def test_a_continuation_exported_over_its_bundle_keeps_the_lineage(tiny, tmp_pat
     from sr_core.weights import load_state_dict
 
     kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
-    vq, rs_run, sin_run = tmp_path / "vq", tmp_path / "rs", tmp_path / "sin"
-    train(_smoke("vqf4-mini"), max_steps=2, out=vq, **kw)
-    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=3, out=rs_run, **kw)
-    train(_smoke("sinsr-mini", (f"teacher_from={rs_run}",)), max_steps=1, out=sin_run, **kw)
-    w = tmp_path / "w"
-    rs_bundle = Path(RR.export_resshift_run(rs_run, model_id="resshift-mini", assets_dir=w, evaluate=False)["dir"])
-    sin_bundle = Path(RR.export_resshift_run(sin_run, model_id="sinsr-mini", assets_dir=w, evaluate=False)["dir"])
+    *_, rs_bundle, sin_bundle = _three_stages(tmp_path, kw)
     first = json.loads((rs_bundle / "train_info.json").read_text())
     assert "warm_start" not in first and "decoder_finetune" not in first
     dec = tmp_path / "dec"
@@ -401,28 +402,28 @@ def test_a_continuation_exported_over_its_bundle_keeps_the_lineage(tiny, tmp_pat
 
     cont = tmp_path / "rs-cont"
     train(_smoke("resshift-mini", (f"ae_from={rs_bundle}", f"init_from={rs_bundle}")), max_steps=2, out=cont, **kw)
-    RR.export_resshift_run(cont, model_id="resshift-mini", assets_dir=w, evaluate=False)
+    RR.export_resshift_run(cont, model_id="resshift-mini", assets_dir=rs_bundle.parent, evaluate=False)
     info = json.loads((rs_bundle / "train_info.json").read_text())
     ws = info["warm_start"]
-    assert ws["from"] == str(rs_bundle) and ws["steps"] == 3 and ws["steps_total"] == 3 and ws["device"]
+    assert ws["from"] == str(rs_bundle) and ws["steps"] == 2 and ws["steps_total"] == 2 and ws["device"]
     assert ws["batch_size"] == first["recipe"]["batch_size"] and info["steps"] == 2
     assert info["decoder_finetune"] == dict(entry, came_with=str(rs_bundle))  # came with the autoencoder
     card = (rs_bundle / "MODEL_CARD.md").read_text()
-    assert f"warm-started from `{rs_bundle}` (3 steps, batch" in card and "5 steps in all" in card
+    assert f"warm-started from `{rs_bundle}` (2 steps, batch" in card and "4 steps in all" in card
     assert "Decoder fine-tune" in card
     assert f"Carried over unchanged with the frozen autoencoder of `{rs_bundle}`" in card
 
     # a second continuation: the chain is kept and counted
     cont2 = tmp_path / "rs-cont2"
     train(_smoke("resshift-mini", (f"ae_from={rs_bundle}", f"init_from={rs_bundle}")), max_steps=1, out=cont2, **kw)
-    RR.export_resshift_run(cont2, model_id="resshift-mini", assets_dir=w, evaluate=False)
+    RR.export_resshift_run(cont2, model_id="resshift-mini", assets_dir=rs_bundle.parent, evaluate=False)
     info2 = json.loads((rs_bundle / "train_info.json").read_text())
-    assert info2["warm_start"]["steps_total"] == 5 and info2["warm_start"]["prior"]["steps"] == 3
-    assert "6 steps in all" in (rs_bundle / "MODEL_CARD.md").read_text()
+    assert info2["warm_start"]["steps_total"] == 4 and info2["warm_start"]["prior"]["steps"] == 2
+    assert "5 steps in all" in (rs_bundle / "MODEL_CARD.md").read_text()
 
     sin2 = tmp_path / "sin2"
     train(_smoke("sinsr-mini", (f"teacher_from={rs_bundle}", f"init_from={sin_bundle}")), max_steps=1, out=sin2, **kw)
-    RR.export_resshift_run(sin2, model_id="sinsr-mini", assets_dir=w, evaluate=False)
+    RR.export_resshift_run(sin2, model_id="sinsr-mini", assets_dir=sin_bundle.parent, evaluate=False)
     sinfo = json.loads((sin_bundle / "train_info.json").read_text())
     assert sinfo["decoder_finetune"] == dict(entry, came_with=str(rs_bundle)) and sinfo["warm_start"]["steps"] == 1
     assert "student initialised from an earlier student" in (sin_bundle / "MODEL_CARD.md").read_text()
