@@ -1142,9 +1142,9 @@ def warm_start_entry(path: str) -> dict:
     info, _ = _info_of(path)
     rec = info.get("recipe") or {}
     e = {"from": str(path), "recipe": rec.get("name"), "steps": info.get("steps"),
-         "batch_size": rec.get("batch_size"), "lr": rec.get("lr"), "device": info.get("device"), "mixed_precision": info.get("mixed_precision"),
-         "wall_seconds": info.get("wall_seconds"), "finished": info.get("finished"),
-         "exported_on": info.get("exported_on")}
+         "batch_size": rec.get("batch_size"), "lr": rec.get("lr"), "device": info.get("device"),
+         "mixed_precision": info.get("mixed_precision"), "wall_seconds": info.get("wall_seconds"),
+         "finished": info.get("finished"), "exported_on": info.get("exported_on")}
     prior = info.get("warm_start")
     if prior:
         e["prior"] = prior
@@ -1169,7 +1169,7 @@ def decoder_finetune_of(path: str, ae_state: dict, _depth: int = 0) -> Optional[
         theirs = load_state_dict(folder / "autoencoder.safetensors")
         same = set(theirs) == set(ae_state) and all(torch.equal(theirs[k].float(), ae_state[k].float().cpu())
                                                     for k in theirs)
-        return dict(entry) if same else None
+        return entry if same else None
     rec = info.get("recipe") or {}
     src = rec.get("ae_from") or rec.get("teacher_from")
     return decoder_finetune_of(src, ae_state, _depth + 1) if src and _depth < 8 else None
