@@ -67,7 +67,8 @@ def preflight(chains: Iterable[str], pack, *, device: str = "cuda", steps: int =
                     train(apply_overrides(recipe, sets), pack_path=pack, out=out, max_steps=steps, device=device,
                           mixed_precision=mixed_precision, val_dir=None, log=lambda s: None)
                 except Exception as e:  # the whole traceback: the point is to see a device fault at once
-                    raise RuntimeError(f"preflight: recipe {name}{'' if run == name else f' (run {run})'} failed on {device}:\n"
+                    what = name if run == name else f"{name} (run {run})"
+                    raise RuntimeError(f"preflight: recipe {what} failed on {device}:\n"
                                        f"{traceback.format_exc()}") from e
                 times[run] = round(time.time() - t0, 2)
                 runs[run] = out

@@ -326,6 +326,13 @@ def _sub(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def _differing(a: dict, b: dict, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """The keys of state dict `a` (those starting with one of `prefixes`, when given) whose tensors are not
+    bit for bit those of `b` (compared in float32 on the CPU; a key `b` lacks counts)."""
+    return [k for k in a if (not prefixes or k.startswith(prefixes))
+            and (k not in b or not torch.equal(a[k].float().cpu(), b[k].float().cpu()))]
+
+
 def _nearest_codes(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """The codebook entries nearest to latent `z` (b, c, h, w), looked up in float32 whatever the autocast."""
     q = ae.quantize
@@ -632,8 +639,7 @@ class VQF4Recipe(Recipe):
         src = self.sr_from or self.init_from
         ae, _ = load_autoencoder(self.init_from, self.model_config)
         unet, unet_ae, cfg = load_teacher(src, self.model_config)
-        ours, theirs = ae.state_dict(), unet_ae.state_dict()
-        moved = [k for k in ours if k.startswith(LATENT_SIDE) and not torch.equal(ours[k], theirs[k])]
+        moved = _differing(ae.state_dict(), unet_ae.state_dict(), LATENT_SIDE)
         if moved:
             raise ValueError(f"vqf4-mini train=decoder_sr: the UNet of {src} was trained in another latent space "
                              f"than the autoencoder of {self.init_from} ({moved[0]} differs)")
@@ -1167,9 +1173,7 @@ def decoder_finetune_of(path: str, ae_state: dict, _depth: int = 0) -> Optional[
         if not entry:
             return None
         theirs = load_state_dict(folder / "autoencoder.safetensors")
-        same = set(theirs) == set(ae_state) and all(torch.equal(theirs[k].float(), ae_state[k].float().cpu())
-                                                    for k in theirs)
-        return entry if same else None
+        return entry if set(theirs) == set(ae_state) and not _differing(theirs, ae_state) else None
     rec = info.get("recipe") or {}
     src = rec.get("ae_from") or rec.get("teacher_from")
     return decoder_finetune_of(src, ae_state, _depth + 1) if src and _depth < 8 else None
@@ -1186,12 +1190,6 @@ def _warm_text(w: Optional[dict]) -> str:
                      f"{e.get('device')}{wall})")
         e = e.get("prior")
     return f"; warm-started from {', which continued '.join(parts)}"
-
-
-def _bundle_decoder_finetune(folder: Path) -> Optional[dict]:
-    """The `decoder_finetune` entry of a bundle's train_info.json (None when its decoder is the original)."""
-    p = Path(folder) / "train_info.json"
-    return json.loads(p.read_text()).get("decoder_finetune") if p.exists() else None
 
 
 def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: Optional[int] = None,
@@ -1217,7 +1215,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     new = load_state_dict(folder / "autoencoder.safetensors") if folder else _sub(src, "ae.")
     if set(old) != set(new):
         raise ValueError(f"{decoder_from}: another autoencoder layout than {bundle}'s")
-    moved = [k for k in old if k.startswith(LATENT_SIDE) and not torch.equal(old[k].float(), new[k].float())]
+    moved = _differing(old, new, LATENT_SIDE)
     if moved:
         raise ValueError(f"{decoder_from}: its latent side differs from {bundle}'s ({len(moved)} tensors, e.g. "
                          f"{moved[0]}); the UNet would see another latent space -- train the decoder with "
@@ -1228,11 +1226,8 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
     load_into(ae_new, merged)
     ae_old.eval(), ae_new.eval()
     limit = eval_limit or None
-    run_info = {}
-    if not folder:
-        p = _resolve(str(decoder_from))
-        ip = p / "train_info.json" if p.is_dir() else None
-        run_info = json.loads(ip.read_text()) if ip and ip.exists() else {}
+    src_info, _ = _info_of(str(decoder_from))
+    run_info = {} if folder else src_info  # a bundle: its decoder's entry below says where it came from
     rec = run_info.get("recipe") or {}
     entry = {"source": str(decoder_from), "steps": run_info.get("steps"), "batch_size": rec.get("batch_size"),
              "lr": rec.get("lr"), "patch_hr": (rec.get("patch_lr") or 0) * (rec.get("scale") or 0) or None,
@@ -1240,7 +1235,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
              **(_decoder_sr_entry(rec) if rec.get("train") == "decoder_sr" else {}),
              "mixed_precision": run_info.get("mixed_precision"), "wall_seconds": run_info.get("wall_seconds"),
              "finished": run_info.get("finished")}
-    prior = _bundle_decoder_finetune(folder) if folder else None
+    prior = src_info.get("decoder_finetune") if folder else None
     if prior:  # another bundle whose decoder was itself swapped in: the card names the run that trained it
         entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_") and k != "came_with"},
                      source=str(decoder_from), via=prior.get("via") or prior.get("source"))
