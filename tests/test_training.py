@@ -58,6 +58,27 @@ def test_pack_builder(tiny, tmp_path):
     assert small["n"] == 2 and D.load_pack(tmp_path / "small.npz").hr.shape[0] == 2
 
 
+def test_webp_pack_holds_the_same_crops(tiny, tmp_path):
+    """codec webp (the smaller pack a lent GPU can carry twice as many crops of) loads bit for bit as the raw one."""
+    raw = D.load_pack(tiny["pack"])
+    out = tmp_path / "w.npz"
+    meta = D.build_pack(out, D.default_folders(tiny["root"] / "train"), n_crops=8, hr_size=48, scale=4, seed=0,
+                        codec="webp")
+    w = D.load_pack(out)
+    assert meta["codec"] == "webp" and w.meta["codec"] == "webp" and tiny["meta"]["codec"] == "raw"
+    assert np.array_equal(w.hr, raw.hr) and np.array_equal(w.lr, raw.lr)
+    with np.load(out) as z:
+        assert "hr" not in z.files and z["hr_len"].shape == (8,) and z["hr_webp"].dtype == np.uint8
+        arrays = {k: z[k] for k in z.files}
+    arrays["hr_len"] = arrays["hr_len"] + 1  # lengths that do not add up: a clear error, not garbage crops
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="lengths add up"):
+        D.load_pack(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="codec"):
+        D.build_pack(tmp_path / "x.npz", D.default_folders(tiny["root"] / "train"), n_crops=2, hr_size=48,
+                     codec="jpeg")
+
+
 def test_refuses_eval_paths(tiny, tmp_path):
     with pytest.raises(D.EvalPathError):
         D.build_pack(tmp_path / "x.npz", [tiny["eval"] / "Set5"], n_crops=2, hr_size=16)

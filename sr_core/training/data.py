@@ -5,8 +5,9 @@ A pack is built once from the training folders (`../shared/data/train/*` by defa
 an `eval` folder is refused so benchmark images never leak into training): crops of `hr_size` px
 (256) are placed at random in each image (the number of crops per image grows with its area), a
 random flip/rot90 is applied, and the crops are written with the matching MATLAB-bicubic LR
-(`imaging.imresize`, the benchmark protocol) into one compressed `.npz` small enough (~50 MiB) to
-carry to a GPU machine.  `PackSource` draws training batches from it: random sub-patches, random
+(`imaging.imresize`, the benchmark protocol) into one `.npz` small enough (~50 MiB) to carry to a GPU
+machine: the arrays zlib-compressed (codec "raw", ~0.155 MiB per 256-px crop), or each crop as lossless
+WebP (codec "webp", ~0.08 MiB: twice the crops in the same bytes, decoded bit for bit on load).  `PackSource` draws training batches from it: random sub-patches, random
 dihedral augmentation, all decided by a torch.Generator seeded from (seed, step, rank), so a run is
 reproducible and resumes exactly.  Real-world degradations are applied to the HR batch afterwards
 (`degradations.py`).  Data handling in the spirit of the SRDiff/Real-ESRGAN data pipelines; the code
@@ -34,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRAIN_ROOT = (REPO_ROOT.parent / "shared" / "data" / "train")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PACK_VERSION = 1
+PACK_CODECS = ("raw", "webp")
 
 
 class EvalPathError(ValueError):
@@ -83,16 +85,22 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n_crops: int = 320,
                hr_size: int = 256, scale: int = 4, seed: int = 0, augment: bool = True,
-               max_mib: float = 50.0, verbose: bool = False) -> dict:
+               max_mib: float = 50.0, codec: str = "raw", verbose: bool = False) -> dict:
     """Write a training pack to `out` (.npz) and return its metadata.
 
     Crops are allocated to images in proportion to the number of non-overlapping crops each could
     hold (at least one per image that is big enough; smaller images are skipped and counted).  With
     fewer crops than usable images, a seeded random subset of the images gives one crop each.
     Stored arrays: `hr` (N, hr_size, hr_size, 3) uint8, `lr` (N, hr_size/scale, ..., 3) uint8 made by
-    MATLAB bicubic, `source` (N,) index into `meta['files']`, `meta` a JSON string.
+    MATLAB bicubic, `source` (N,) index into `meta['files']`, `meta` a JSON string.  With `codec="webp"`
+    `hr` and `lr` are stored instead as `hr_webp` / `lr_webp` (the crops' lossless WebP files end to end,
+    uint8) and `hr_len` / `lr_len` (their byte lengths); `load_pack` gives the same arrays either way.
     """
     t0 = time.time()
+    if codec not in PACK_CODECS:
+        raise ValueError(f"codec must be one of {', '.join(PACK_CODECS)}, not {codec!r}")
+    if codec == "webp":
+        _check_webp()
     folders = [Path(f) for f in (folders if folders else default_folders())]
     files: list[Path] = []
     for f in folders:
@@ -144,7 +152,7 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
         fr = check_not_eval(f)
         per_folder[f.name] = int(sum(1 for s in src if fr in files[s].resolve().parents))
     meta = {
-        "version": PACK_VERSION, "hr_size": hr_size, "scale": scale, "seed": seed, "augment": augment,
+        "version": PACK_VERSION, "codec": codec, "hr_size": hr_size, "scale": scale, "seed": seed, "augment": augment,
         "n": int(hr.shape[0]), "lr_degradation": "bicubic (MATLAB imresize, uint8)",
         "folders": [f.name for f in folders], "crops_per_folder": per_folder,
         "files": [str(p.relative_to(p.parents[2])) if len(p.parents) > 2 else str(p) for p in files],
@@ -153,7 +161,8 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez_compressed(buf, hr=hr, lr=lr, source=np.asarray(src, dtype=np.int32),
+    arrays = {"hr": hr, "lr": lr} if codec == "raw" else {**_webp_arrays("hr", hr), **_webp_arrays("lr", lr)}
+    np.savez_compressed(buf, **arrays, source=np.asarray(src, dtype=np.int32),
                         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     size_mib = buf.tell() / 2 ** 20
     if size_mib > max_mib:
@@ -166,6 +175,38 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
         print(f"pack {out}: {meta['n']} crops of {hr_size}px from {len(usable)} images "
               f"({meta['skipped_small']} too small), {size_mib:.1f} MiB, {meta['seconds']} s")
     return meta
+
+
+def _check_webp() -> None:
+    from PIL import features
+
+    if not features.check("webp"):
+        raise RuntimeError("this Pillow has no WebP support: build the pack with codec 'raw'")
+
+
+def _webp_arrays(name: str, crops: np.ndarray) -> dict:
+    """{name_webp: the crops' lossless WebP files end to end, name_len: their lengths}."""
+    from PIL import Image
+
+    blobs = []
+    for a in crops:
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, "WEBP", lossless=True, quality=80, method=4, exact=True)
+        blobs.append(b.getvalue())
+    return {f"{name}_webp": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+            f"{name}_len": np.asarray([len(b) for b in blobs], dtype=np.int64)}
+
+
+def _webp_decode(data: np.ndarray, lengths: np.ndarray, what: str) -> np.ndarray:
+    from PIL import Image
+
+    _check_webp()
+    ends = np.cumsum(lengths)
+    if len(ends) and int(ends[-1]) != data.size:
+        raise ValueError(f"pack: {what} holds {data.size} bytes, its lengths add up to {int(ends[-1])}")
+    raw = data.tobytes()
+    out = [np.asarray(Image.open(io.BytesIO(raw[e - n:e])).convert("RGB")) for n, e in zip(lengths.tolist(), ends.tolist())]
+    return np.stack(out)
 
 
 @dataclass
@@ -183,8 +224,12 @@ def load_pack(path: PathLike) -> Pack:
     path = check_not_eval(path)
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode())
-        hr = z["hr"]
-        lr = z["lr"] if "lr" in z.files else None
+        if "hr_webp" in z.files:
+            hr = _webp_decode(z["hr_webp"], z["hr_len"], "hr")
+            lr = _webp_decode(z["lr_webp"], z["lr_len"], "lr") if "lr_webp" in z.files else None
+        else:
+            hr = z["hr"]
+            lr = z["lr"] if "lr" in z.files else None
     return Pack(hr=hr, lr=lr, meta=meta)
 
 
