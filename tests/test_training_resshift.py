@@ -500,6 +500,8 @@ def test_script_warm_starts_the_student_beside_init_from(tmp_path):
                            env={**os.environ, "STAGES": "sin", "PY": str(fake), "DEVICE": "cpu",
                                 "PACK": str(tmp_path / "none.npz"), **env})
         assert r.returncode == 0, r.stderr
+        # a missing pack is built first: every training image's worth of crops, as lossless WebP
+        assert f"PYCALL -m sr_core.training pack --out {tmp_path / 'none.npz'} --n-crops 1000 --codec webp" in r.stdout
         return next(line for line in r.stdout.splitlines() if "sinsr-mini --pack" in line)
 
     bundles = tmp_path / "weights"
