@@ -372,6 +372,14 @@ def test_decoder_sr_learns_what_the_method_decodes(tiny, tmp_path):
     assert all(torch.equal(load_state_dict(sin_bundle / "autoencoder.safetensors")[k],
                            load_state_dict(rs_bundle / "autoencoder.safetensors")[k]) for k in old)
     assert f"the decoder of bundle `{rs_bundle}`, trained in run `{dec}`" in (sin_bundle / "MODEL_CARD.md").read_text()
+    # a decoder run that continues the bundle's adapted decoder: the entry and card keep the first fine-tune
+    assert d["pack"] == tiny["pack"].name and d["pack_crops"] == 8 and "prior" not in d
+    dec2 = tmp_path / "dec2"
+    train(_smoke("vqf4-mini", ("train=decoder_sr", f"init_from={rs_bundle}")), max_steps=2, out=dec2, **kw)
+    for _ in range(2):  # redecode again with the same run: the same lineage, not itself as its own prior
+        d3 = RR.redecode_bundle(rs_bundle, dec2, evaluate=False)["decoder_finetune"]
+        assert d3["steps"] == 2 and d3["prior"] == {k: v for k, v in d.items() if not k.startswith("recon_")}
+    assert f"it continued the fine-tune of `{dec}` ({d['steps']} steps, batch" in (rs_bundle / "MODEL_CARD.md").read_text()
 
     other = tmp_path / "other"  # another latent space: its UNet cannot serve this autoencoder's decoder
     train(_smoke("vqf4-mini"), max_steps=2, out=other, **kw)

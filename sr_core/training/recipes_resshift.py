@@ -991,10 +991,24 @@ def _decoder_text(d: Optional[dict]) -> str:
             f"retrained (recipe vqf4-mini, train={d.get('train')}, init_from `{d.get('init_from')}`){on} with the encoder, "
             f"quant_conv and codebook frozen -- the UNet's latent space is unchanged: {d.get('steps')} steps, batch "
             f"{d.get('batch_size')}, HR {d.get('patch_hr')} crops, lr {d.get('lr')}, {d.get('device')}, "
-            f"mixed precision {d.get('mixed_precision')}, {wall}. Round trip E -> quantise -> D, Y-PSNR dB"
+            f"mixed precision {d.get('mixed_precision')}, {wall}"
+            + (f", pack `{d['pack']}` ({d.get('pack_crops')} crops)" if d.get("pack") else "")
+            + _decoder_prior_text(d.get("prior"))
+            + f". Round trip E -> quantise -> D, Y-PSNR dB"
             f"{' (first ' + str(d['recon_limit']) + ' images)' if d.get('recon_limit') else ''}: {rt}."
             + (f" Carried over unchanged with the frozen autoencoder of `{d['came_with']}`: adapted to the UNets as "
                "they were before this run." if d.get("came_with") else "") + "\n")
+
+
+def _decoder_prior_text(p: Optional[dict]) -> str:
+    """The card's words on the earlier fine-tunes a decoder run continued (`decoder_finetune.prior`, chained)."""
+    parts = []
+    while p:
+        wall = f", {float(p['wall_seconds']) / 60:.0f} min" if p.get("wall_seconds") else ""
+        parts.append(f"`{p.get('via') or p.get('source')}` ({p.get('steps')} steps, batch {p.get('batch_size')}, "
+                     f"lr {p.get('lr')}, {p.get('device')}{wall})")
+        p = p.get("prior")
+    return f"; it continued the fine-tune of {', which continued '.join(parts)}" if parts else ""
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
@@ -1192,6 +1206,21 @@ def _warm_text(w: Optional[dict]) -> str:
     return f"; warm-started from {', which continued '.join(parts)}"
 
 
+def _decoder_continued(init_from: Optional[str], source: str) -> Optional[dict]:
+    """The `decoder_finetune` a decoder run started from: that of the bundle it was initialised from (the entry
+    without its round-trip figures; None when that decoder was the original).  When the bundle already holds this
+    run's decoder (`redecode` again), the earlier one it recorded."""
+    if not init_from:
+        return None
+    try:
+        d = _info_of(init_from)[0].get("decoder_finetune")
+    except (OSError, ValueError):
+        return None
+    if d and d.get("source") == source:  # redecode run again with the same run: keep what it had recorded
+        return d.get("prior")
+    return {k: v for k, v in d.items() if not k.startswith("recon_") and k != "came_with"} if d else None
+
+
 def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: Optional[int] = None,
                     eval_sets=EVAL_SETS, eval_root: Path = EVAL_ROOT, device: str = "auto") -> dict:
     """Put the decoder side (`post_quant_conv`, `decoder`) of `decoder_from` -- a vqf4-mini run trained with
@@ -1234,7 +1263,12 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
              "init_from": rec.get("init_from"), "train": rec.get("train"), "device": run_info.get("device"),
              **(_decoder_sr_entry(rec) if rec.get("train") == "decoder_sr" else {}),
              "mixed_precision": run_info.get("mixed_precision"), "wall_seconds": run_info.get("wall_seconds"),
-             "finished": run_info.get("finished")}
+             "finished": run_info.get("finished"),
+             **({"pack": Path(run_info["pack"]).name, "pack_crops": (run_info.get("pack_meta") or {}).get("n")}
+                if run_info.get("pack") else {})}
+    before = _decoder_continued(rec.get("init_from"), str(decoder_from)) if not folder else None
+    if before:  # the run went on from a decoder that was itself fine-tuned: the card names both
+        entry["prior"] = before
     prior = src_info.get("decoder_finetune") if folder else None
     if prior:  # another bundle whose decoder was itself swapped in: the card names the run that trained it
         entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_") and k != "came_with"},
