@@ -7,8 +7,8 @@ an `eval` folder is refused so benchmark images never leak into training): crops
 random flip/rot90 is applied, and the crops are written with the matching MATLAB-bicubic LR
 (`imaging.imresize`, the benchmark protocol) into one `.npz` small enough (~50 MiB) to carry to a GPU
 machine: the arrays zlib-compressed (codec "raw", ~0.155 MiB per 256-px crop), or each crop as lossless
-WebP (codec "webp", ~0.08 MiB: twice the crops in the same bytes, decoded bit for bit on load).  `PackSource` draws training batches from it: random sub-patches, random
-dihedral augmentation, all decided by a torch.Generator seeded from (seed, step, rank), so a run is
+WebP (codec "webp", ~0.08 MiB: twice the crops in the same bytes, decoded bit for bit on load).
+`PackSource` draws training batches from it: random sub-patches, random dihedral augmentation, all decided by a torch.Generator seeded from (seed, step, rank), so a run is
 reproducible and resumes exactly.  Real-world degradations are applied to the HR batch afterwards
 (`degradations.py`).  Data handling in the spirit of the SRDiff/Real-ESRGAN data pipelines; the code
 is ours.
@@ -152,7 +152,8 @@ def build_pack(out: PathLike, folders: Optional[Sequence[PathLike]] = None, *, n
         fr = check_not_eval(f)
         per_folder[f.name] = int(sum(1 for s in src if fr in files[s].resolve().parents))
     meta = {
-        "version": PACK_VERSION, "codec": codec, "hr_size": hr_size, "scale": scale, "seed": seed, "augment": augment,
+        "version": PACK_VERSION, "codec": codec, "hr_size": hr_size, "scale": scale, "seed": seed,
+        "augment": augment,
         "n": int(hr.shape[0]), "lr_degradation": "bicubic (MATLAB imresize, uint8)",
         "folders": [f.name for f in folders], "crops_per_folder": per_folder,
         "files": [str(p.relative_to(p.parents[2])) if len(p.parents) > 2 else str(p) for p in files],
