@@ -206,8 +206,8 @@ def _webp_decode(data: np.ndarray, lengths: np.ndarray, what: str) -> np.ndarray
     if len(ends) and int(ends[-1]) != data.size:
         raise ValueError(f"pack: {what} holds {data.size} bytes, its lengths add up to {int(ends[-1])}")
     raw = data.tobytes()
-    out = [np.asarray(Image.open(io.BytesIO(raw[e - n:e])).convert("RGB")) for n, e in zip(lengths.tolist(), ends.tolist())]
-    return np.stack(out)
+    return np.stack([np.asarray(Image.open(io.BytesIO(raw[e - n:e])).convert("RGB"))
+                     for n, e in zip(lengths.tolist(), ends.tolist())])
 
 
 @dataclass

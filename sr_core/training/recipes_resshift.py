@@ -1002,13 +1002,13 @@ def _decoder_text(d: Optional[dict]) -> str:
 
 def _decoder_prior_text(p: Optional[dict]) -> str:
     """The card's words on the earlier fine-tunes a decoder run continued (`decoder_finetune.prior`, chained)."""
-    parts = []
-    while p:
-        wall = f", {float(p['wall_seconds']) / 60:.0f} min" if p.get("wall_seconds") else ""
-        parts.append(f"`{p.get('via') or p.get('source')}` ({p.get('steps')} steps, batch {p.get('batch_size')}, "
-                     f"lr {p.get('lr')}, {p.get('device')}{wall})")
-        p = p.get("prior")
-    return f"; it continued the fine-tune of {', which continued '.join(parts)}" if parts else ""
+    return (f"; it continued the fine-tune of {_chain_text(p, lambda e: e.get('via') or e.get('source'))}"
+            if p else "")
+
+
+def _bare_finetune(d: dict) -> dict:
+    """A `decoder_finetune` entry without its round-trip figures and `came_with`: what a later entry records of it."""
+    return {k: v for k, v in d.items() if not k.startswith("recon_") and k != "came_with"}
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
@@ -1193,17 +1193,21 @@ def decoder_finetune_of(path: str, ae_state: dict, _depth: int = 0) -> Optional[
     return decoder_finetune_of(src, ae_state, _depth + 1) if src and _depth < 8 else None
 
 
-def _warm_text(w: Optional[dict]) -> str:
-    """The card's words on what a warm-started run continued."""
-    if not w:
-        return ""
-    parts, e = [], w
+def _chain_text(e: Optional[dict], name) -> str:
+    """'`X` (N steps, batch, lr, device, min), which continued `Y` (...)' along a chain of training entries linked by
+    `prior` (a warm start's or a decoder fine-tune's); `name(entry)` is what each is called."""
+    parts = []
     while e:
         wall = f", {float(e['wall_seconds']) / 60:.0f} min" if e.get("wall_seconds") else ""
-        parts.append(f"`{e['from']}` ({e.get('steps')} steps, batch {e.get('batch_size')}, lr {e.get('lr')}, "
+        parts.append(f"`{name(e)}` ({e.get('steps')} steps, batch {e.get('batch_size')}, lr {e.get('lr')}, "
                      f"{e.get('device')}{wall})")
         e = e.get("prior")
-    return f"; warm-started from {', which continued '.join(parts)}"
+    return ", which continued ".join(parts)
+
+
+def _warm_text(w: Optional[dict]) -> str:
+    """The card's words on what a warm-started run continued."""
+    return f"; warm-started from {_chain_text(w, lambda e: e['from'])}" if w else ""
 
 
 def _decoder_continued(init_from: Optional[str], source: str) -> Optional[dict]:
@@ -1218,7 +1222,7 @@ def _decoder_continued(init_from: Optional[str], source: str) -> Optional[dict]:
         return None
     if d and d.get("source") == source:  # redecode run again with the same run: keep what it had recorded
         return d.get("prior")
-    return {k: v for k, v in d.items() if not k.startswith("recon_") and k != "came_with"} if d else None
+    return _bare_finetune(d) if d else None
 
 
 def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: Optional[int] = None,
@@ -1271,7 +1275,7 @@ def redecode_bundle(bundle, decoder_from, *, evaluate: bool = True, eval_limit: 
         entry["prior"] = before
     prior = src_info.get("decoder_finetune") if folder else None
     if prior:  # another bundle whose decoder was itself swapped in: the card names the run that trained it
-        entry = dict({k: v for k, v in prior.items() if not k.startswith("recon_") and k != "came_with"},
+        entry = dict(_bare_finetune(prior),
                      source=str(decoder_from), via=prior.get("via") or prior.get("source"))
     entry.update({"recon_limit": limit,
              "recon_before": _recon_sets(ae_old, eval_sets, eval_root, limit),
