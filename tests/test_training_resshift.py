@@ -379,7 +379,8 @@ def test_decoder_sr_learns_what_the_method_decodes(tiny, tmp_path):
     for _ in range(2):  # redecode again with the same run: the same lineage, not itself as its own prior
         d3 = RR.redecode_bundle(rs_bundle, dec2, evaluate=False)["decoder_finetune"]
         assert d3["steps"] == 2 and d3["prior"] == {k: v for k, v in d.items() if not k.startswith("recon_")}
-    assert f"it continued the fine-tune of `{dec}` ({d['steps']} steps, batch" in (rs_bundle / "MODEL_CARD.md").read_text()
+    card = (rs_bundle / "MODEL_CARD.md").read_text()
+    assert f"it continued the fine-tune of `{dec}` ({d['steps']} steps, batch" in card
 
     other = tmp_path / "other"  # another latent space: its UNet cannot serve this autoencoder's decoder
     train(_smoke("vqf4-mini"), max_steps=2, out=other, **kw)

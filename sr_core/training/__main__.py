@@ -1,7 +1,8 @@
 """Command line of the training kit.
 
     python -m sr_core.training list
-    python -m sr_core.training pack [--out packs/train_x4.npz] [--folders DIR ...] [--n-crops 320] [--seed 0] [--codec raw|webp]
+    python -m sr_core.training pack [--out packs/train_x4.npz] [--folders DIR ...] [--n-crops 320] [--seed 0]
+                                    [--codec raw|webp]
     python -m sr_core.training RECIPE [--pack FILE] [--out DIR] [--max-steps N] [--resume] [--device auto|cpu|cuda]
                                       [--mixed-precision auto|no|bf16|fp16] [--time-budget MIN] [--set key=value ...]
                                       [--batch-scale K] [--lr-scale F]

@@ -9,9 +9,9 @@ random flip/rot90 is applied, and the crops are written with the matching MATLAB
 machine: the arrays zlib-compressed (codec "raw", ~0.155 MiB per 256-px crop), or each crop as lossless
 WebP (codec "webp", ~0.08 MiB: twice the crops in the same bytes, decoded bit for bit on load).
 `PackSource` draws training batches from it: random sub-patches, random dihedral augmentation, all
-decided by a torch.Generator seeded from (seed, step, rank), so a run is reproducible and resumes exactly.  Real-world degradations are applied to the HR batch afterwards
-(`degradations.py`).  Data handling in the spirit of the SRDiff/Real-ESRGAN data pipelines; the code
-is ours.
+decided by a torch.Generator seeded from (seed, step, rank), so a run is reproducible and resumes
+exactly.  Real-world degradations are applied to the HR batch afterwards (`degradations.py`).  Data
+handling in the spirit of the SRDiff/Real-ESRGAN data pipelines; the code is ours.
 """
 
 from __future__ import annotations
