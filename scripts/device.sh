@@ -19,8 +19,9 @@
 #                                         inside the call, then their handoff into $OUT
 #                                         (sr_core/training/handoff.py: only what training changed, sharded)
 #   scripts/device.sh collect ISSUE DIR   here: back to your branch, `adopt` the shards in DIR (the call's
-#                                         files_at) into runs/, then export + eval (+ bench) on the CPU with
-#                                         the issue's script, as its STAGES=export,... documents
+#                                         files_at) into runs/, then export (+ resshift: stage pix) + eval
+#                                         (+ bench) on the CPU with the issue's script, as its STAGES=export,...
+#                                         documents
 #   scripts/device.sh restore             here: back to your branch, `device-tmp` deleted (after a failed run)
 #
 # ISSUE: resshift (#4: vqf4-mini -> resshift-mini -> sinsr-mini -> each one's decoder on its own latents,
@@ -76,7 +77,7 @@ conf() {
                 TRAIN_STAGES=vq,rs,sin; RUNS_OF=(vqf4-mini resshift-mini sinsr-mini); SHARES=(0.3 0.45 0.25)
                 BUDGETS=(BUDGET_VQ BUDGET_RS BUDGET_SIN); MIN_DEFAULT=7
               fi
-              COLLECT_DEFAULT=export,eval,bench ;;
+              COLLECT_DEFAULT=export,pix,eval,bench ;;
     sd)       SCRIPT=scripts/train_sd_minis.sh; TRAIN_STAGES=vae,sd,ose; RUNS_OF=(mini-sd-vae mini-sd osediff-mini)
               KEEP=(); WKEEP=(mini-sd osediff-mini); WARM=(INIT_FROM=assets/weights/mini-sd); NEED_LPIPS=1; NEED_WHEELS=1; SHARES=(0.35 0.25 0.40); BUDGETS=(BUDGET_VAE BUDGET_SD BUDGET_OSE); MIN_DEFAULT=7
               COLLECT_DEFAULT=export,eval,bench ;;

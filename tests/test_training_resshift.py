@@ -135,6 +135,87 @@ def test_sinsr_losses_follow_the_official_calls_and_are_differentiable():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_pixel_term_is_the_served_output_and_reaches_the_unet(tiny):
+    """`w_pixel`: the MSE between HR and what the method serves from the UNet's latent (nearest codes, decoder,
+    clamp, colour fix), with the gradient passed straight through the quantiser to the UNet; off (0), the
+    losses are ResShift's / SinSR's alone.  Stage 3 scores the same f(x_T) the distillation term uses."""
+    from sr_core.api import apply_color_fix
+
+    teacher, ae, cfg = _tiny_nets(steps=4)
+    unet = RR.load_teacher("", apply_overrides(RR.RESSHIFT_RECIPES["resshift-mini"],
+                                               list(RR.SMOKE_MODEL_SETS)).model_config)[0].requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(2, 3, 32, 32, generator=g)
+    lr = torch.rand(2, 3, 8, 8, generator=g)
+    z = torch.randn(2, 3, 8, 8, generator=g, requires_grad=True)
+    pix = RR.pixel_mse(ae, z, hr, lr, 4, "wavelet")
+    with torch.no_grad():
+        want = torch.mean((apply_color_fix((ae.decode(z).clamp(-1, 1) + 1) / 2, lr, 4, "wavelet") - hr) ** 2)
+    torch.testing.assert_close(pix.detach(), want, atol=1e-6, rtol=0)
+    (gz,) = torch.autograd.grad(pix, z)
+    assert float(gz.abs().sum()) > 0  # straight through the nearest-code lookup
+
+    for w in (0.0, 0.5):
+        tr = RR.ResShiftTrainer(unet, ae, cfg, w_pixel=w, color_fix="wavelet")
+        torch.manual_seed(0)
+        out = tr(hr, lr)
+        if not w:
+            assert set(out) == {"loss", "mse"} and torch.equal(out["loss"], out["mse"])
+            continue
+        torch.testing.assert_close(out["loss"], out["mse"] + 0.5 * out["pixel"])
+        grads = torch.autograd.grad(out["pixel"], list(unet.parameters()), allow_unused=True)
+        assert sum(float(x.abs().sum()) for x in grads if x is not None) > 0
+        assert all(p.grad is None for p in ae.parameters())
+    with pytest.raises(ValueError, match="pixel_color_fix"):
+        RR.ResShiftTrainer(unet, ae, cfg, w_pixel=1.0, color_fix="sharpen")
+
+    sched = RR._schedule(cfg)
+    zs = []
+
+    def pixel(zz):
+        zs.append(zz)
+        return RR.pixel_mse(ae, zz, hr, lr, 4, "wavelet")
+
+    y, lq, noise, z_gt = (torch.randn(2, 3, 8, 8, generator=g) for _ in range(4))
+    base = RR.sinsr_losses(unet, teacher, z_gt, y, lq, sched, noise)
+    out = RR.sinsr_losses(unet, teacher, z_gt, y, lq, sched, noise, pixel=pixel, w_pixel=2.0)
+    assert "pixel" not in base and len(zs) == 1
+    t_last = torch.full((2,), sched.T - 1, dtype=torch.long)
+    torch.testing.assert_close(zs[0], unet(rs.scale_input(rs.prior_sample(y, sched, noise), sched, t_last), t_last,
+                                           lq=lq))
+    torch.testing.assert_close(out["loss"], base["loss"] + 2.0 * out["pixel"])
+    # a fine-tune on the pixel term alone: the terms of weight 0 are not computed -- no teacher call
+    teacher_calls = []
+    t_fwd = teacher.forward
+    teacher.forward = lambda *a, **k: teacher_calls.append(1) or t_fwd(*a, **k)
+    only = RR.sinsr_losses(unet, teacher, z_gt, y, lq, sched, noise, (0.0, 0.0, 0.0), pixel=pixel, w_pixel=1.0)
+    assert set(only) == {"loss", "pixel"} and not teacher_calls
+    torch.testing.assert_close(only["pixel"], out["pixel"])
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        RR.sinsr_losses(unet, teacher, z_gt, y, lq, sched, noise, (0.0, 0.0, 0.0))
+    teacher.forward = t_fwd
+
+    m = _smoke("sinsr-mini", ("teacher_from=", "w_pixel=0.25")).build_model()
+    assert isinstance(m, RR.SinSRTrainer) and (m.w_pixel, m.color_fix) == (0.25, "wavelet")
+    out = m(hr, lr)
+    torch.testing.assert_close(out["loss"], out["distill"] + out["inverse"] + out["gt"] + 0.25 * out["pixel"])
+    assert _smoke("resshift-mini", ("ae_from=", "w_pixel=1")).build_model().w_pixel == 1.0
+    assert "Plus ours (not in the paper): 0.25 x the pixel MSE" in RR._pixel_text(
+        _smoke("sinsr-mini", ("w_pixel=0.25",)), "the one-step output")
+    assert RR._pixel_text(_smoke("sinsr-mini"), "x") == ""
+    # the card says what trained: a pixel-only fine-tune of a student is not called a distillation
+    cfg_b = RR.bundle_config_for(RR.mini_bundle_config({}, "sinsr"), "sinsr", "sinsr-mini")
+    extra = {"eval_x4": {}, "unet_params": 1, "ae_params": 1, "unet_dtype": "fp16", "size_mb": 1.0, "which": "ema"}
+
+    def card(*sets):
+        return RR._card("sinsr-mini", "sinsr", _smoke("sinsr-mini", sets), {}, cfg_b, extra, {}, None)
+
+    only = card("w_distill=0", "w_inverse=0", "w_gt=0", "w_pixel=1", "init_from=/b/sinsr-mini")
+    assert "A fine-tune of the SinSR student `/b/sinsr-mini` (distilled" in only and "SinSR distillation" not in only
+    assert "Plus ours (not in the paper): 1 x the pixel MSE between HR and the one-step output" in only
+    assert "SinSR distillation from the frozen" in card() and "Plus ours" not in card()
+
+
 def test_three_stages_export_and_serve(tiny, tmp_path):
     from sr_core.methods.resshift import ResShift
     from sr_core.methods.sinsr import SinSR
@@ -521,3 +602,40 @@ def test_script_warm_starts_the_student_beside_init_from(tmp_path):
     call = sin_call(INIT_FROM=str(bundles / "resshift-mini"))
     assert f"--set init_from={bundles / 'sinsr-mini'} --lr-scale 0.5" in call
     assert "init_from" not in sin_call()  # no warm start asked for
+
+
+def test_script_stage_pix_fine_tunes_the_student_on_its_served_pixels_and_exports_over_it(tmp_path):
+    """STAGES=pix: sinsr-mini from its bundle on the pixel term alone (SinSR's weights 0, PIX_STEPS steps), exported
+    over its bundle; PIX_RS=1 first fine-tunes resshift-mini too (ResShift's loss + the pixel term) and exports it."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "py"
+    fake.write_text('#!/bin/sh\necho "PYCALL $*"\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_resshift_minis.sh"
+    a, runs = tmp_path / "w", tmp_path / "runs"
+    for m in ("resshift-mini-pix", "sinsr-mini-pix"):  # the fake trainer writes no run; the export's json goes there
+        (runs / m).mkdir(parents=True)
+
+    def calls(**env):
+        r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "STAGES": "pix", "PY": str(fake), "DEVICE": "cpu", "ASSETS": str(a),
+                                "RUNS": str(runs), "PACK": str(tmp_path / "p.npz"), **env})
+        assert r.returncode == 0, r.stderr
+        return [line for line in r.stdout.splitlines() if line.startswith("PYCALL") and " pack " not in line]
+
+    sin_call, sin_exp = calls()
+    assert f"sinsr-mini --pack {tmp_path / 'p.npz'} --out {runs / 'sinsr-mini-pix'}" in sin_call
+    for k in (f"teacher_from={a / 'resshift-mini'}", f"init_from={a / 'sinsr-mini'}", "w_pixel=1", "w_distill=0",
+              "w_inverse=0", "w_gt=0", "batch_size=8", "lr=2e-5", "ema_decay=0.99"):
+        assert f"--set {k}" in sin_call, k
+    assert "--max-steps 200" in sin_call and "--no-val" in sin_call
+    assert sin_exp.startswith(f"PYCALL -m sr_core.training.resshift_cli export {runs / 'sinsr-mini-pix'} --assets {a}")
+    rs_call, sin_call2, rs_exp, sin_exp2 = calls(PIX_RS="1", PIX_STEPS="50")
+    assert f"resshift-mini --pack {tmp_path / 'p.npz'} --out {runs / 'resshift-mini-pix'}" in rs_call
+    for k in (f"ae_from={a / 'resshift-mini'}", f"init_from={a / 'resshift-mini'}", "w_pixel=10"):
+        assert f"--set {k}" in rs_call, k
+    assert "--time-budget 40" in rs_call and "--max-steps 50" in sin_call2
+    assert rs_exp.startswith(f"PYCALL -m sr_core.training.resshift_cli export {runs / 'resshift-mini-pix'}")
+    assert sin_exp2 == sin_exp

@@ -55,6 +55,11 @@ Objectives follow the official code (read, not copied):
   (2) inverse MSE(f_inv(F(x_T, y)), x_T), f_inv = the student called at index 0 on the input scaled
   as at T-1; (3) consistency-preserving MSE(f(sg(f_inv(E(HR)))), E(HR)), the inverse pass without
   gradient; weights 1, 1, 1.  Official optimiser AdamW lr 5e-5, EMA 0.999.
+- ours, off by default (`w_pixel` > 0, stages 2 and 3): + w_pixel x `pixel_mse`, the MSE between HR and the
+  UNet's latent (stage 2: the x0 prediction; stage 3: the one-step output) as the bundle serves it --
+  quantised straight-through, decoded by the frozen decoder, colour-fixed (`pixel_color_fix`).  The latent
+  MSE weighs every latent direction alike; PSNR sees the decoded image, and after the colour fix only its
+  high frequencies.  The cards say when a bundle was trained with it.
 
 Everything trains through `sr_core.training.trainer.train` (accelerate, EMA, checkpoints); the
 model handed to the trainer is a wrapper whose forward returns the loss terms, so multi-GPU DDP
@@ -408,15 +413,54 @@ class _LatentSR(_HasConfig):
         return z0, y, lq
 
 
-class ResShiftTrainer(_LatentSR):
-    """forward(hr, lr in [0, 1]) -> {'loss', 'mse'}: ResShift's x0-prediction MSE at a random t."""
+def _checked_color_fix(color_fix: str, name: str = "pixel_color_fix") -> str:
+    if color_fix not in COLOR_FIXES:
+        raise ValueError(f"{name} must be one of {', '.join(COLOR_FIXES)}, not {color_fix!r}")
+    return color_fix
 
-    def __init__(self, unet: nn.Module, ae: nn.Module, config: dict):
+
+def _st_codes(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The nearest codes of `z` in the forward pass (what `ae.decode` decodes), the identity in the backward
+    pass (straight-through), so that a loss on the decoded image reaches the UNet that predicted `z`."""
+    return z + (_nearest_codes(ae, z) - z).detach()
+
+
+def served_output(ae: nn.Module, codes: torch.Tensor, lr: torch.Tensor, sf: int, color_fix: str,
+                  ref: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SR in [0, 1] as `run_method` serves it from quantised latent `codes`: post_quant_conv + decoder,
+    clamped, colour-fixed against `ref` (the LR in [0, 1] upsampled by MATLAB bicubic; computed when not
+    given).  Differentiable in the decoder and in `codes`."""
+    from .. import imaging
+    from ..api import apply_color_fix
+
+    rec = ae.decoder(ae.post_quant_conv(codes)).float()
+    if ref is None:
+        with torch.no_grad():
+            ref = imaging.imresize(lr.float(), float(sf)).clamp(0, 1)
+    return apply_color_fix((rec.clamp(-1, 1) + 1) / 2, lr, sf, color_fix, ref=ref)
+
+
+def pixel_mse(ae: nn.Module, z: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, sf: int,
+              color_fix: str) -> torch.Tensor:
+    """MSE between HR and what the method serves from the UNet's latent `z` (quantised straight-through,
+    decoded by the frozen decoder, colour-fixed as the bundle serves): the term `w_pixel` adds to stage 2's
+    and stage 3's latent losses, so the UNet learns what PSNR measures -- the latent MSE weighs every latent
+    direction alike, while the decoder ignores some and the colour fix replaces the low frequencies."""
+    return F.mse_loss(served_output(ae, _st_codes(ae, z), lr, sf, color_fix), hr.float())
+
+
+class ResShiftTrainer(_LatentSR):
+    """forward(hr, lr in [0, 1]) -> {'loss', 'mse'[, 'pixel']}: ResShift's x0-prediction MSE at a random t,
+    plus `w_pixel` x `pixel_mse` of the same x0 prediction when `w_pixel` > 0."""
+
+    def __init__(self, unet: nn.Module, ae: nn.Module, config: dict, w_pixel: float = 0.0,
+                 color_fix: str = "wavelet"):
         super().__init__()
         self.unet, self.ae = unet, ae
         self._frozen_eval(ae)
         self._set_config(config)
         self.schedule = _schedule(config)
+        self.w_pixel, self.color_fix = float(w_pixel), _checked_color_fix(color_fix)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -429,7 +473,10 @@ class ResShiftTrainer(_LatentSR):
         x_t = rs.q_sample(z0, y, self.schedule, t, torch.randn_like(z0))
         pred = self.unet(rs.scale_input(x_t, self.schedule, t), t, lq=lq).float()
         mse = F.mse_loss(pred, z0)
-        return {"loss": mse, "mse": mse}
+        if not self.w_pixel:
+            return {"loss": mse, "mse": mse}
+        pix = pixel_mse(self.ae, pred, hr, lr, int(self.config["diffusion"].get("sf", 4)), self.color_fix)
+        return {"loss": mse + self.w_pixel * pix, "mse": mse, "pixel": pix}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -444,13 +491,16 @@ def teacher_map(teacher: nn.Module, y: torch.Tensor, lq: torch.Tensor, schedule:
 
 
 def sinsr_losses(student: nn.Module, teacher: nn.Module, z_gt: torch.Tensor, y: torch.Tensor, lq: torch.Tensor,
-                 schedule: rs.ResShiftSchedule, noise: torch.Tensor, weights=(1.0, 1.0, 1.0)) -> dict:
-    """SinSR's three losses (official `training_losses_distill` with learn_xT, finetune_use_gt):
+                 schedule: rs.ResShiftSchedule, noise: torch.Tensor, weights=(1.0, 1.0, 1.0),
+                 pixel=None, w_pixel: float = 0.0) -> dict:
+    """SinSR's three losses (official `training_losses_distill` with learn_xT, finetune_use_gt), and with
+    `w_pixel` > 0 a fourth, ours: `pixel(f(x_T))` (`pixel_mse` of the one-step output the method serves):
 
     x_T = y + kappa sqrt(eta_T) eps; the student's forward pass f(x) = student(x / s_T, T-1), its
     inverse pass g(x) = student(x / s_T, 0) (index 0, input scaled as at T-1, as upstream);
     distill = MSE(f(x_T), F(x_T, y)); inverse = MSE(g(F(x_T, y)), x_T);
-    gt = MSE(f(sg(g(z_gt))), z_gt) with g under no_grad.  loss = w1 distill + w2 inverse + w3 gt.
+    gt = MSE(f(sg(g(z_gt))), z_gt) with g under no_grad.  loss = w1 distill + w2 inverse + w3 gt
+    (+ w_pixel pixel); a term of weight 0 is neither computed nor returned (the teacher map is T calls).
     """
     n = y.shape[0]
     t_last = torch.full((n,), schedule.T - 1, dtype=torch.long, device=y.device)
@@ -462,28 +512,41 @@ def sinsr_losses(student: nn.Module, teacher: nn.Module, z_gt: torch.Tensor, y: 
     def inv(x):
         return student(rs.scale_input(x, schedule, t_last), t_zero, lq=lq).float()
 
-    x_T = rs.prior_sample(y, schedule, noise)
-    z_teacher = teacher_map(teacher, y, lq, schedule, noise)
-    distill = F.mse_loss(fwd(x_T), z_teacher)
-    inverse = F.mse_loss(inv(z_teacher), x_T)
-    with torch.no_grad():
-        xT_gt = inv(z_gt)
-    gt = F.mse_loss(fwd(xT_gt), z_gt)
     w1, w2, w3 = weights
-    return {"loss": w1 * distill + w2 * inverse + w3 * gt, "distill": distill, "inverse": inverse, "gt": gt}
+    x_T = rs.prior_sample(y, schedule, noise)
+    z_student = fwd(x_T)
+    out = {}
+    if w1 or w2:  # a term whose weight is 0 is not computed (the teacher map is T calls)
+        z_teacher = teacher_map(teacher, y, lq, schedule, noise)
+        if w1:
+            out["distill"] = F.mse_loss(z_student, z_teacher)
+        if w2:
+            out["inverse"] = F.mse_loss(inv(z_teacher), x_T)
+    if w3:
+        with torch.no_grad():
+            xT_gt = inv(z_gt)
+        out["gt"] = F.mse_loss(fwd(xT_gt), z_gt)
+    if w_pixel:
+        out["pixel"] = pixel(z_student)
+    w = {"distill": w1, "inverse": w2, "gt": w3, "pixel": float(w_pixel)}
+    if not out:
+        raise ValueError("sinsr-mini: every loss weight is 0")
+    return {"loss": sum(w[k] * v for k, v in out.items()), **out}
 
 
 class SinSRTrainer(_LatentSR):
     """forward(hr, lr in [0, 1]) -> SinSR's loss terms; `unet` (the student) trains, `teacher` and
     `ae` are frozen.  `config` is the teacher's (ResShift-variant) bundle config."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, ae: nn.Module, config: dict, weights=(1.0, 1.0, 1.0)):
+    def __init__(self, student: nn.Module, teacher: nn.Module, ae: nn.Module, config: dict, weights=(1.0, 1.0, 1.0),
+                 w_pixel: float = 0.0, color_fix: str = "wavelet"):
         super().__init__()
         self.unet, self.teacher, self.ae = student, teacher, ae
         self._frozen_eval(teacher, ae)
         self._set_config(config)
         self.weights = tuple(float(w) for w in weights)
         self.schedule = _schedule(config)
+        self.w_pixel, self.color_fix = float(w_pixel), _checked_color_fix(color_fix)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -493,7 +556,9 @@ class SinSRTrainer(_LatentSR):
 
     def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
         z_gt, y, lq = self.encode_pair(hr, lr)
-        return sinsr_losses(self.unet, self.teacher, z_gt, y, lq, self.schedule, torch.randn_like(y), self.weights)
+        sf = int(self.config["diffusion"].get("sf", 4))
+        return sinsr_losses(self.unet, self.teacher, z_gt, y, lq, self.schedule, torch.randn_like(y), self.weights,
+                            pixel=lambda z: pixel_mse(self.ae, z, hr, lr, sf, self.color_fix), w_pixel=self.w_pixel)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -523,8 +588,7 @@ class DecoderSRTrainer(_HasConfig):
         super().__init__()
         if sampler not in SR_SAMPLERS:
             raise ValueError(f"sr_sampler must be one of {', '.join(SR_SAMPLERS)} (or auto), not {sampler!r}")
-        if color_fix not in COLOR_FIXES:
-            raise ValueError(f"sr_color_fix must be one of {', '.join(COLOR_FIXES)}, not {color_fix!r}")
+        _checked_color_fix(color_fix, "sr_color_fix")
         self.ae, self.unet = ae, unet
         self.ae.requires_grad_(False)
         self.ae.post_quant_conv.requires_grad_(True)
@@ -552,14 +616,8 @@ class DecoderSRTrainer(_HasConfig):
 
     def sr_output(self, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """SR in [0, 1] as `run_method` serves it (decoded, clamped, colour-fixed), differentiable in the decoder."""
-        from .. import imaging
-        from ..api import apply_color_fix
-
-        rec = self.ae.decoder(self.ae.post_quant_conv(self.sr_codes(lr, generator))).float()
-        sf = int(self.config["diffusion"].get("sf", 4))
-        with torch.no_grad():
-            ref = imaging.imresize(lr.float(), float(sf)).clamp(0, 1)
-        return apply_color_fix((rec.clamp(-1, 1) + 1) / 2, lr, sf, self.color_fix, ref=ref)
+        return served_output(self.ae, self.sr_codes(lr, generator), lr, int(self.config["diffusion"].get("sf", 4)),
+                             self.color_fix)
 
     def forward(self, hr: torch.Tensor, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict:
         mse = F.mse_loss(self.sr_output(lr, generator), hr.float())
@@ -679,6 +737,9 @@ class ResShiftRecipe(Recipe):
     ae_from: str = "runs/vqf4-mini"  # vqf4-mini run folder (EMA weights) or a bundle; '' = random (smoke)
     val_sampler: str = "stochastic"
     init_from: str = ""  # warm start: the UNet of a resshift-mini run or bundle ('' = none)
+    # ours, not ResShift's: + w_pixel x MSE(HR, the x0 prediction decoded and colour-fixed as served) (`pixel_mse`)
+    w_pixel: float = 0.0
+    pixel_color_fix: str = MINI_COLOR_FIX
 
     def build_model(self) -> nn.Module:
         from ..nets.resshift_unet import ResShiftUNet
@@ -690,7 +751,7 @@ class ResShiftRecipe(Recipe):
             init, _, _ = load_teacher(self.init_from, self.model_config)
             load_into(unet, init.state_dict())  # strict: the same UNet config
             unet.requires_grad_(True).train()
-        return ResShiftTrainer(unet, ae, cfg)
+        return ResShiftTrainer(unet, ae, cfg, self.w_pixel, self.pixel_color_fix)
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])
@@ -717,6 +778,9 @@ class SinSRRecipe(Recipe):
     # A continued distillation (a lent GPU's minutes) then builds on the bundled student, also when the teacher
     # (and its autoencoder) were themselves continued from the bundles; the UNet config must be the teacher's
     init_from: str = ""
+    # ours, not SinSR's: + w_pixel x MSE(HR, the one-step output decoded and colour-fixed as served) (`pixel_mse`)
+    w_pixel: float = 0.0
+    pixel_color_fix: str = MINI_COLOR_FIX
 
     def build_model(self) -> nn.Module:
         from ..nets.resshift_unet import ResShiftUNet
@@ -730,7 +794,8 @@ class SinSRRecipe(Recipe):
         else:
             load_into(student, teacher.state_dict())  # the student starts as the teacher
         student.requires_grad_(True).train()
-        return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt))
+        return SinSRTrainer(student, teacher, ae, cfg, (self.w_distill, self.w_inverse, self.w_gt), self.w_pixel,
+                            self.pixel_color_fix)
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
         return model(batch["hr"], batch["lr"])
@@ -1011,6 +1076,15 @@ def _bare_finetune(d: dict) -> dict:
     return {k: v for k, v in d.items() if not k.startswith("recon_") and k != "came_with"}
 
 
+def _pixel_text(recipe: Recipe, what: str) -> str:
+    w = float(getattr(recipe, "w_pixel", 0.0) or 0.0)
+    if not w:
+        return ""
+    return (f" Plus ours (not in the paper): {w:g} x the pixel MSE between HR and {what} quantised "
+            "(straight-through), decoded by the frozen decoder and colour-fixed "
+            f"({getattr(recipe, 'pixel_color_fix', MINI_COLOR_FIX)}) as the bundle serves it, in [0, 1].")
+
+
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
           eval_limit, notes: str = "") -> str:
     figs = extra["eval_x4"]
@@ -1036,15 +1110,24 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
                      "and z0 (latent space). "
                      f"Frozen autoencoder from `{getattr(recipe, 'ae_from', '')}` (vqf4-mini: L1 + 0.1 gradient L1 + "
                      "VQ codebook/commitment losses on HR crops).")
+        objective += _pixel_text(recipe, "the x0 prediction")
         method = "`ResShift(\"mini\")` (`sr_core/methods/resshift.py`), 15 UNet calls, stochastic sampler"
     else:
-        objective = ("SinSR distillation from the frozen resshift-mini teacher "
-                     f"(`{getattr(recipe, 'teacher_from', '')}`): distillation MSE to the deterministic 15-step "
-                     "teacher map, inverse MSE (student at index 0 maps the teacher's x0 back to x_T) and the "
-                     "consistency-preserving MSE on ground truth (GT latent -> predicted x_T -> back to the GT), "
-                     f"weights {getattr(recipe, 'w_distill', 1)}, {getattr(recipe, 'w_inverse', 1)}, "
-                     f"{getattr(recipe, 'w_gt', 1)}; student initialised from "
-                     f"{'an earlier student (warm start)' if getattr(recipe, 'init_from', '') else 'the teacher'}.")
+        init = getattr(recipe, "init_from", "")
+        if not any(float(getattr(recipe, k, 1)) for k in ("w_distill", "w_inverse", "w_gt")):
+            start = (f"the SinSR student `{init}` (distilled from the resshift-mini teacher with SinSR's three losses: "
+                     "the lineage under Steps)" if init else
+                     f"the student initialised from the teacher (`{getattr(recipe, 'teacher_from', '')}`)")
+            objective = f"A fine-tune of {start} with SinSR's three losses off (weights 0, 0, 0)."
+        else:
+            objective = ("SinSR distillation from the frozen resshift-mini teacher "
+                         f"(`{getattr(recipe, 'teacher_from', '')}`): distillation MSE to the deterministic 15-step "
+                         "teacher map, inverse MSE (student at index 0 maps the teacher's x0 back to x_T) and the "
+                         "consistency-preserving MSE on ground truth (GT latent -> predicted x_T -> back to the GT), "
+                         f"weights {getattr(recipe, 'w_distill', 1)}, {getattr(recipe, 'w_inverse', 1)}, "
+                         f"{getattr(recipe, 'w_gt', 1)}; student initialised from "
+                         f"{'an earlier student (warm start)' if init else 'the teacher'}.")
+        objective += _pixel_text(recipe, "the one-step output")
         method = "`SinSR(\"mini\")` (`sr_core/methods/sinsr.py`), one UNet call at t = T-1"
     ws = info.get("warm_start")
     if ws:  # what the run continued, recorded at export
