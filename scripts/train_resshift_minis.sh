@@ -162,7 +162,7 @@ if has pix; then
   # through the quantiser) with SinSR's three losses weighted 0 (it is already distilled; no teacher calls),
   # then exported over its bundle (the card keeps the lineage).  Measured on the CPU (batch 8, 1 thread): 200
   # steps (9 min, lr 2e-5 annealed, EMA 0.99) took the first 20 BSD100 images 27.11 -> 27.22 dB; at a constant lr
-  # the gain peaked near 150-200 steps and then fell (26.22 dB after 800), hence PIX_STEPS.
+  # the gain peaked at 125-200 steps and then fell (26.22 dB after 800), hence PIX_STEPS.
   # PIX_RS=1 also fine-tunes resshift-mini (ResShift's loss + W_PIXEL_RS x the pixel term of its x0 prediction
   # at a random t, BUDGET_PIX minutes; the pixel gradient is ~10x smaller than the latent one): 618 steps in 40 min
   # took its first 20 BSD100 images 27.15 -> 27.18 dB only, so it is off by default.
