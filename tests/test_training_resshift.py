@@ -135,7 +135,7 @@ def test_sinsr_losses_follow_the_official_calls_and_are_differentiable():
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_pixel_term_is_the_served_output_and_reaches_the_unet(tiny):
+def test_pixel_term_is_the_served_output_and_reaches_the_unet():
     """`w_pixel`: the MSE between HR and what the method serves from the UNet's latent (nearest codes, decoder,
     clamp, colour fix), with the gradient passed straight through the quantiser to the UNet; off (0), the
     losses are ResShift's / SinSR's alone.  Stage 3 scores the same f(x_T) the distillation term uses."""

@@ -199,6 +199,11 @@ class _HasConfig(nn.Module):
         data = json.dumps(cfg, sort_keys=True).encode()
         self.register_buffer("bundle_config", torch.tensor(list(data), dtype=torch.uint8))
 
+    @property
+    def sf(self) -> int:
+        """The scale factor of the config's diffusion (x4)."""
+        return int(self.config["diffusion"].get("sf", 4))
+
 
 def config_from_state(sd: dict) -> dict:
     return json.loads(bytes(sd["bundle_config"].to(torch.uint8).tolist()).decode())
@@ -405,12 +410,18 @@ class _LatentSR(_HasConfig):
 
     def encode_pair(self, hr: Optional[torch.Tensor], lr: torch.Tensor):
         """(z0 = E(HR) or None, y = E(up(LR)), lq = LR) with images in [-1, 1]; no gradient."""
-        sf = int(self.config["diffusion"].get("sf", 4))
         lq = lr * 2 - 1
         with torch.no_grad():
-            y = self.ae.encode(_bicubic_up(lq, sf)).float()
+            y = self.ae.encode(_bicubic_up(lq, self.sf)).float()
             z0 = self.ae.encode(hr * 2 - 1).float() if hr is not None else None
         return z0, y, lq
+
+    def _set_pixel(self, w_pixel: float, color_fix: str) -> None:
+        self.w_pixel, self.color_fix = float(w_pixel), _checked_color_fix(color_fix)
+
+    def pixel(self, z: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """`pixel_mse` of the UNet's latent `z` for the batch (hr, lr in [0, 1]), with this trainer's colour fix."""
+        return pixel_mse(self.ae, z, hr, lr, self.sf, self.color_fix)
 
 
 def _checked_color_fix(color_fix: str, name: str = "pixel_color_fix") -> str:
@@ -460,7 +471,7 @@ class ResShiftTrainer(_LatentSR):
         self._frozen_eval(ae)
         self._set_config(config)
         self.schedule = _schedule(config)
-        self.w_pixel, self.color_fix = float(w_pixel), _checked_color_fix(color_fix)
+        self._set_pixel(w_pixel, color_fix)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -475,7 +486,7 @@ class ResShiftTrainer(_LatentSR):
         mse = F.mse_loss(pred, z0)
         if not self.w_pixel:
             return {"loss": mse, "mse": mse}
-        pix = pixel_mse(self.ae, pred, hr, lr, int(self.config["diffusion"].get("sf", 4)), self.color_fix)
+        pix = self.pixel(pred, hr, lr)
         return {"loss": mse + self.w_pixel * pix, "mse": mse, "pixel": pix}
 
 
@@ -546,7 +557,7 @@ class SinSRTrainer(_LatentSR):
         self._set_config(config)
         self.weights = tuple(float(w) for w in weights)
         self.schedule = _schedule(config)
-        self.w_pixel, self.color_fix = float(w_pixel), _checked_color_fix(color_fix)
+        self._set_pixel(w_pixel, color_fix)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -556,9 +567,8 @@ class SinSRTrainer(_LatentSR):
 
     def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
         z_gt, y, lq = self.encode_pair(hr, lr)
-        sf = int(self.config["diffusion"].get("sf", 4))
         return sinsr_losses(self.unet, self.teacher, z_gt, y, lq, self.schedule, torch.randn_like(y), self.weights,
-                            pixel=lambda z: pixel_mse(self.ae, z, hr, lr, sf, self.color_fix), w_pixel=self.w_pixel)
+                            pixel=lambda z: self.pixel(z, hr, lr), w_pixel=self.w_pixel)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -616,8 +626,7 @@ class DecoderSRTrainer(_HasConfig):
 
     def sr_output(self, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """SR in [0, 1] as `run_method` serves it (decoded, clamped, colour-fixed), differentiable in the decoder."""
-        return served_output(self.ae, self.sr_codes(lr, generator), lr, int(self.config["diffusion"].get("sf", 4)),
-                             self.color_fix)
+        return served_output(self.ae, self.sr_codes(lr, generator), lr, self.sf, self.color_fix)
 
     def forward(self, hr: torch.Tensor, lr: torch.Tensor, generator: Optional[torch.Generator] = None) -> dict:
         mse = F.mse_loss(self.sr_output(lr, generator), hr.float())
