@@ -16,7 +16,7 @@
 #
 # Knobs (environment): DEVICE (auto|cuda|cpu), BATCH_SCALE (GPU: batch x K, lr x sqrt K; default 4), PACK (built if missing, PACK_CROPS crops), RUNS, STAGES, BUDGET_VQ / BUDGET_RS / BUDGET_SIN / BUDGET_ADAPT (minutes
 # per stage; the trainer stops at the budget and anneals its LR over max(step/max_steps, time/budget)),
-# PIX_STEPS / PIX_RS / BUDGET_PIX / W_PIXEL_RS / EXTRA_PIX (stage pix, see there),
+# PIX_STEPS / PIX_RS / CHAIN_CROPS / EXTRA_PIX (stage pix, see there),
 # THREADS (CPU threads), INIT_FROM (warm start, see below), BUDGET_DEC (stage dec, default BUDGET_VQ: a
 # decoder fine-tune of the bundles' autoencoder that keeps their latent space, swapped in by `redecode`), PY (python), EXTRA_VQ / EXTRA_RS / EXTRA_SIN / EXTRA_ADAPT (more `--set key=value` args),
 # EVAL_LIMIT (images per eval set; 0 = all), ASSETS (bundle root, default assets/weights; the
@@ -47,7 +47,6 @@ EVAL_LIMIT=${EVAL_LIMIT:-0}
 ASSETS=${ASSETS:-assets/weights}
 if [ "$DEVICE" = "cpu" ]; then
   BUDGET_VQ=${BUDGET_VQ:-30}; BUDGET_RS=${BUDGET_RS:-55}; BUDGET_SIN=${BUDGET_SIN:-28}; BUDGET_ADAPT=${BUDGET_ADAPT:-70}
-  BUDGET_PIX=${BUDGET_PIX:-40}  # PIX_RS=1 only
   # CPU: smaller batches, same recipes (the bundled minis' run; its SinSR stage ran on 1 thread beside
   # the teacher's evaluation)
   CPU_VQ=(--set batch_size=16); CPU_RS=(--set batch_size=8 --set warmup_steps=100 --set val_every=1500)
@@ -55,7 +54,6 @@ if [ "$DEVICE" = "cpu" ]; then
   CPU_PIX=(--set batch_size=8)
 else
   BUDGET_VQ=${BUDGET_VQ:-5}; BUDGET_RS=${BUDGET_RS:-8}; BUDGET_SIN=${BUDGET_SIN:-7}; BUDGET_ADAPT=${BUDGET_ADAPT:-4}
-  BUDGET_PIX=${BUDGET_PIX:-2}
   # GPU: batch x BATCH_SCALE (default 4; lr x its square root).  The first lent H200 run (2026-11-30, recipe
   # batches) trained at 6 it/s (resshift-mini, batch 64) and 1 it/s (sinsr-mini): a few percent of the
   # FLOPs the recipes allow -- the step is bound by ~10^4 kernel launches (`python -m sr_core.training
@@ -157,23 +155,31 @@ if has export; then
 fi
 
 if has pix; then
-  # ours, after the bundles exist (not in the paper): sinsr-mini's UNet fine-tuned on the pixel MSE of what it
-  # serves (`w_pixel`: its one-step latent decoded by the bundle's frozen decoder and colour-fixed, straight
-  # through the quantiser) with SinSR's three losses weighted 0 (it is already distilled; no teacher calls),
-  # then exported over its bundle (the card keeps the lineage).  Measured on the CPU (batch 8, 1 thread): 200
-  # steps (9 min, lr 2e-5 annealed, EMA 0.99) took the first 20 BSD100 images 27.11 -> 27.22 dB; at a constant lr
-  # the gain peaked at 125-200 steps and then fell (26.22 dB after 800), hence PIX_STEPS.
-  # PIX_RS=1 also fine-tunes resshift-mini (ResShift's loss + W_PIXEL_RS x the pixel term of its x0 prediction
-  # at a random t, BUDGET_PIX minutes; the pixel gradient is ~10x smaller than the latent one): 618 steps in 40 min
-  # took its first 20 BSD100 images 27.15 -> 27.18 dB only, so it is off by default.
+  # ours, after the bundles exist (not in the paper): each mini's UNet fine-tuned on the pixel MSE of what it
+  # serves (`w_pixel`: its latent decoded by the bundle's frozen decoder and colour-fixed, straight through the
+  # quantiser), then exported over its bundle (the card keeps the lineage).
+  # resshift-mini (PIX_RS=1, the default): `chain-pack` runs its stochastic sampler once on CHAIN_CROPS crops of
+  # the pack and keeps the state each reaches at the last step; the UNet's t = 0 output from those states -- the
+  # output the method serves -- is what the term scores (pixel_on=last_step; ResShift's latent loss off).
+  # Measured on the CPU (chain-pack: 400 crops in 38 min; then 200 steps of batch 8 in 5.5 min, 2 threads, lr 2e-5
+  # annealed): the first 20 BSD100 images 27.146 -> 27.226 dB (a scratch run of the same: 27.234 after 100 steps,
+  # 27.242 after 200, and its held-out crops peaked at 200 steps, falling after).  (The same term on the x0
+  # prediction at a random t of the forward process, beside ResShift's loss -- pixel_on=x0 -- moved them 0.03 dB
+  # in 618 steps: there the UNet only denoises a draw around the ground truth, not the sampler's own states.)
+  # sinsr-mini: its one-step latent from x_T (SinSR's three losses weighted 0: it is already distilled; no teacher
+  # calls).  Measured on the CPU: 200 steps (9 min) took the first 20 BSD100 images 27.11 -> 27.22 dB; at a
+  # constant lr the gain peaked at 125-200 steps and then fell (26.22 dB after 800), hence PIX_STEPS.
   echo "== stage pix: the bundles' UNets fine-tuned on the pixel MSE of what they serve"
   PIX=(--set lr=2e-5 --set lr_min=2e-6 --set warmup_steps=10 --set ema_decay=0.99 --set val_every=0 --no-val)
   PIX_MODELS=(sinsr-mini)
-  if [ "${PIX_RS:-0}" = 1 ]; then
+  if [ "${PIX_RS:-1}" = 1 ]; then
     PIX_MODELS=(resshift-mini sinsr-mini)
-    "${TRAIN[@]}" resshift-mini --pack "$PACK" --out "$RUNS/resshift-mini-pix" --device "$DEVICE" "${PIX[@]}" \
-      --set ae_from="$ASSETS/resshift-mini" --set init_from="$ASSETS/resshift-mini" --set w_pixel="${W_PIXEL_RS:-10}" \
-      --time-budget "$BUDGET_PIX" "${THREAD_ARGS[@]}" "${CPU_PIX[@]}" ${EXTRA_PIX:-}
+    "${RR[@]}" chain-pack "$ASSETS/resshift-mini" --pack "$PACK" --out "$RUNS/chain_resshift-mini.npz" \
+      --crops "${CHAIN_CROPS:-400}" --device "$DEVICE" "${THREAD_ARGS[@]}"
+    "${TRAIN[@]}" resshift-mini --pack "$RUNS/chain_resshift-mini.npz" --out "$RUNS/resshift-mini-pix" \
+      --device "$DEVICE" "${PIX[@]}" --set ae_from="$ASSETS/resshift-mini" --set init_from="$ASSETS/resshift-mini" \
+      --set w_pixel=1 --set pixel_on=last_step --set w_latent=0 --max-steps "${PIX_STEPS:-200}" \
+      "${THREAD_ARGS[@]}" "${CPU_PIX[@]}" ${EXTRA_PIX:-}
   fi
   "${TRAIN[@]}" sinsr-mini --pack "$PACK" --out "$RUNS/sinsr-mini-pix" --device "$DEVICE" "${PIX[@]}" \
     --set teacher_from="$ASSETS/resshift-mini" --set init_from="$ASSETS/sinsr-mini" --set w_pixel=1 \

@@ -332,3 +332,29 @@ def test_compiled_vq_training_does_not_recompile_every_step(tmp_path, monkeypatc
     info = train(recipe, pack_path=kit["pack"], out=tmp_path / "run", max_steps=12, device="cpu",
                  mixed_precision="no", val_dir=None, log=lambda s: None, compile=True)
     assert info["compiled"] and info["steps"] == 12
+
+
+def test_a_derived_pack_carries_per_crop_arrays_cropped_and_transformed_with_the_lr(tiny, tmp_path):
+    """`derive_pack`: chosen crops of a pack with float arrays on the LR grid (e.g. a model's cached latents);
+    `PackSource` cuts every extra at the LR patch's place with the LR patch's flip/rotation."""
+    src = D.load_pack(tiny["pack"])
+    rows = [0, 2, 5]
+    out = D.derive_pack(src, tmp_path / "d.npz", rows, {"same": src.lr[rows].astype(np.float32)},
+                        {"what": "the LR again"})
+    p = D.load_pack(out)
+    assert p.meta["n"] == 3 and p.meta["derived"] == {"what": "the LR again"}
+    np.testing.assert_array_equal(p.hr, src.hr[rows])
+    np.testing.assert_array_equal(p.lr, src.lr[rows])
+    np.testing.assert_array_equal(p.source, src.source[rows])
+    assert sum(p.meta["crops_per_folder"].values()) == 3 and set(p.extras) == {"same"}
+    source = D.PackSource(p, patch_lr=6, scale=4, seed=0)
+    seen = set()
+    for step in range(8):
+        b = source.batch(step, 4)
+        assert b["same"].shape == (4, 3, 6, 6) and b["same"].dtype == torch.float32
+        torch.testing.assert_close(b["same"] / 255, b["lr"], atol=0, rtol=0)
+        seen.add(tuple(b["same"].flatten()[:8].tolist()))
+    assert len(seen) > 4  # different crops and transforms
+    with pytest.raises(ValueError, match="on the LR grid"):
+        D.derive_pack(src, tmp_path / "bad.npz", rows, {"x": np.zeros((3, 5, 5, 1))}, {})
+    assert "extras" not in D.load_pack(tiny["pack"]).meta and D.load_pack(tiny["pack"]).extras == {}

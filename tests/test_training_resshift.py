@@ -216,6 +216,64 @@ def test_pixel_term_is_the_served_output_and_reaches_the_unet():
     assert "SinSR distillation from the frozen" in card() and "Plus ours" not in card()
 
 
+def test_last_step_pixel_term_trains_on_the_states_the_sampler_reaches(tiny, tmp_path):
+    """`resshift_cli chain-pack` caches, per crop, the state entering the stochastic sampler's last step; the
+    UNet's t = 0 output from it is exactly the sampled latent, and `pixel_on=last_step` scores that output as
+    the bundle serves it (alone with w_latent=0); the card says so and names the derived pack."""
+    from sr_core.methods.resshift import unet_size_multiple
+
+    kw = dict(pack_path=tiny["pack"], device="cpu", mixed_precision="no", val_dir=None, log=lambda s: None)
+    vq, rs_run = tmp_path / "vq", tmp_path / "rs"
+    train(_smoke("vqf4-mini"), max_steps=2, out=vq, **kw)
+    train(_smoke("resshift-mini", (f"ae_from={vq}",)), max_steps=2, out=rs_run, **kw)
+    src = D.load_pack(tiny["pack"])
+    unet, ae, cfg = RR.load_teacher(str(rs_run))
+    assert src.lr.shape[1] % unet_size_multiple(cfg["unet"]) == 0
+    info = RR.chain_pack(str(rs_run), tiny["pack"], tmp_path / "chain.npz", crops=3, seed=5, batch=2)
+    p = D.load_pack(info["pack"])
+    rows = [0, 4, 7]  # spread evenly over the 8 crops
+    np.testing.assert_array_equal(p.hr, src.hr[rows])
+    x_last = p.extras[RR.CHAIN_EXTRA]
+    assert x_last.shape == (3, 12, 12, 3) and p.meta["derived"]["rows"] == 3
+    assert "chain-pack" in p.meta["derived"]["command"] and "stochastic sampler" in p.meta["derived"]["what"]
+    # the cached state reproduces the sample: the sampler's output is the UNet's x0 prediction at t = 0
+    lq = torch.from_numpy(src.lr[rows[:2]]).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    with torch.no_grad():
+        want = rs.sample_resshift(lambda x, t: unet(x, t, lq=lq).float(), ae.encode(RR._bicubic_up(lq, 4)).float(),
+                                  RR._schedule(cfg), generator=torch.Generator().manual_seed(5 * 1_000_003))
+        tr = RR.ResShiftTrainer(unet, ae, cfg, w_pixel=1.0, pixel_on="last_step", w_latent=0.0)
+        got = tr.last_step(torch.from_numpy(x_last[:2]).permute(0, 3, 1, 2), lq)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+    # the term: the served output of that prediction; w_latent=0 computes no latent loss
+    hr = torch.from_numpy(src.hr[rows]).permute(0, 3, 1, 2).float() / 255
+    lr = torch.from_numpy(src.lr[rows]).permute(0, 3, 1, 2).float() / 255
+    xl = torch.from_numpy(x_last).permute(0, 3, 1, 2)
+    out = tr(hr, lr, xl)
+    assert set(out) == {"loss", "pixel"}
+    torch.testing.assert_close(out["pixel"], RR.pixel_mse(ae, tr.last_step(xl, lr * 2 - 1), hr, lr, 4, "wavelet"))
+    both = RR.ResShiftTrainer(unet, ae, cfg, w_pixel=2.0, pixel_on="last_step", w_latent=0.5)(hr, lr, xl)
+    torch.testing.assert_close(both["loss"], 0.5 * both["mse"] + 2.0 * both["pixel"])
+    with pytest.raises(ValueError, match="chain-pack"):
+        tr(hr, lr)
+    with pytest.raises(ValueError, match="pixel_on"):
+        RR.ResShiftTrainer(unet, ae, cfg, w_pixel=1.0, pixel_on="first_step")
+    with pytest.raises(ValueError, match="both 0"):
+        RR.ResShiftTrainer(unet, ae, cfg, w_pixel=0.0, w_latent=0.0)
+
+    # the recipe reads the cached states from the batch; a short run on the derived pack trains
+    sets = (f"ae_from={rs_run}", f"init_from={rs_run}", "w_pixel=1", "pixel_on=last_step", "w_latent=0")
+    run = tmp_path / "last"
+    train(_smoke("resshift-mini", sets), max_steps=2, out=run, **{**kw, "pack_path": info["pack"]})
+    assert len(_losses(run)) == 2
+    bundle = Path(RR.export_resshift_run(run, model_id="resshift-mini", assets_dir=tmp_path / "w",
+                                         evaluate=False)["dir"])
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert f"A fine-tune of the resshift-mini UNet `{rs_run}` with ResShift's latent loss off" in card
+    assert "pixel MSE between HR and the UNet's output at the stochastic sampler's last step" in card
+    assert "The pack is derived (`resshift_cli chain-pack" in card and "3 crops of 48 px" in card
+
+
 def test_three_stages_export_and_serve(tiny, tmp_path):
     from sr_core.methods.resshift import ResShift
     from sr_core.methods.sinsr import SinSR
@@ -503,13 +561,22 @@ def test_a_continuation_exported_over_its_bundle_keeps_the_lineage(tiny, tmp_pat
     assert "Decoder fine-tune" in card
     assert f"Carried over unchanged with the frozen autoencoder of `{rs_bundle}`" in card
 
-    # a second continuation: the chain is kept and counted
+    # a second continuation: the chain is kept and counted; the card's Notes and the sections after its
+    # Reproduce line (written by hand: the issue's targets) stay unless new notes are given
+    (rs_bundle / "MODEL_CARD.md").write_text(card.replace("Reproduce:", "## Notes\nStage 2 ran on a CPU.\n\nReproduce:")
+                                             + "\n## The issue's targets\nmeasured by hand\n")
     cont2 = tmp_path / "rs-cont2"
     train(_smoke("resshift-mini", (f"ae_from={rs_bundle}", f"init_from={rs_bundle}")), max_steps=1, out=cont2, **kw)
     RR.export_resshift_run(cont2, model_id="resshift-mini", assets_dir=rs_bundle.parent, evaluate=False)
     info2 = json.loads((rs_bundle / "train_info.json").read_text())
     assert info2["warm_start"]["steps_total"] == 4 and info2["warm_start"]["prior"]["steps"] == 2
-    assert "5 steps in all" in (rs_bundle / "MODEL_CARD.md").read_text()
+    card2 = (rs_bundle / "MODEL_CARD.md").read_text()
+    assert "5 steps in all" in card2 and "## Notes\nStage 2 ran on a CPU." in card2
+    assert card2.rstrip().endswith("## The issue's targets\nmeasured by hand") and card2.count("## Notes") == 1
+    RR.export_resshift_run(cont2, model_id="resshift-mini", assets_dir=rs_bundle.parent, evaluate=False,
+                           notes="new notes")
+    card3 = (rs_bundle / "MODEL_CARD.md").read_text()
+    assert "new notes" in card3 and "Stage 2 ran on a CPU." not in card3 and "measured by hand" in card3
 
     sin2 = tmp_path / "sin2"
     train(_smoke("sinsr-mini", (f"teacher_from={rs_bundle}", f"init_from={sin_bundle}")), max_steps=1, out=sin2, **kw)
@@ -604,9 +671,10 @@ def test_script_warm_starts_the_student_beside_init_from(tmp_path):
     assert "init_from" not in sin_call()  # no warm start asked for
 
 
-def test_script_stage_pix_fine_tunes_the_student_on_its_served_pixels_and_exports_over_it(tmp_path):
-    """STAGES=pix: sinsr-mini from its bundle on the pixel term alone (SinSR's weights 0, PIX_STEPS steps), exported
-    over its bundle; PIX_RS=1 first fine-tunes resshift-mini too (ResShift's loss + the pixel term) and exports it."""
+def test_script_stage_pix_fine_tunes_both_minis_on_their_served_pixels_and_exports_over_them(tmp_path):
+    """STAGES=pix: resshift-mini's sampler states cached by `chain-pack`, its last step fine-tuned on them
+    (pixel term alone), sinsr-mini from its bundle on the pixel term alone (SinSR's weights 0), both PIX_STEPS
+    steps, each exported over its bundle; PIX_RS=0 leaves resshift-mini alone."""
     import os
     import subprocess
 
@@ -625,17 +693,22 @@ def test_script_stage_pix_fine_tunes_the_student_on_its_served_pixels_and_export
         assert r.returncode == 0, r.stderr
         return [line for line in r.stdout.splitlines() if line.startswith("PYCALL") and " pack " not in line]
 
-    sin_call, sin_exp = calls()
+    chain, rs_call, sin_call, rs_exp, sin_exp = calls()
+    chain_pack = runs / "chain_resshift-mini.npz"
+    assert chain == (f"PYCALL -m sr_core.training.resshift_cli chain-pack {a / 'resshift-mini'} --pack "
+                     f"{tmp_path / 'p.npz'} --out {chain_pack} --crops 400 --device cpu")
+    assert f"resshift-mini --pack {chain_pack} --out {runs / 'resshift-mini-pix'}" in rs_call
+    for k in (f"ae_from={a / 'resshift-mini'}", f"init_from={a / 'resshift-mini'}", "w_pixel=1",
+              "pixel_on=last_step", "w_latent=0", "batch_size=8", "lr=2e-5", "ema_decay=0.99"):
+        assert f"--set {k}" in rs_call, k
+    assert "--max-steps 200" in rs_call
     assert f"sinsr-mini --pack {tmp_path / 'p.npz'} --out {runs / 'sinsr-mini-pix'}" in sin_call
     for k in (f"teacher_from={a / 'resshift-mini'}", f"init_from={a / 'sinsr-mini'}", "w_pixel=1", "w_distill=0",
               "w_inverse=0", "w_gt=0", "batch_size=8", "lr=2e-5", "ema_decay=0.99"):
         assert f"--set {k}" in sin_call, k
     assert "--max-steps 200" in sin_call and "--no-val" in sin_call
+    assert rs_exp.startswith(f"PYCALL -m sr_core.training.resshift_cli export {runs / 'resshift-mini-pix'} --assets {a}")
     assert sin_exp.startswith(f"PYCALL -m sr_core.training.resshift_cli export {runs / 'sinsr-mini-pix'} --assets {a}")
-    rs_call, sin_call2, rs_exp, sin_exp2 = calls(PIX_RS="1", PIX_STEPS="50")
-    assert f"resshift-mini --pack {tmp_path / 'p.npz'} --out {runs / 'resshift-mini-pix'}" in rs_call
-    for k in (f"ae_from={a / 'resshift-mini'}", f"init_from={a / 'resshift-mini'}", "w_pixel=10"):
-        assert f"--set {k}" in rs_call, k
-    assert "--time-budget 40" in rs_call and "--max-steps 50" in sin_call2
-    assert rs_exp.startswith(f"PYCALL -m sr_core.training.resshift_cli export {runs / 'resshift-mini-pix'}")
-    assert sin_exp2 == sin_exp
+    only_sin = calls(PIX_RS="0", PIX_STEPS="50", CHAIN_CROPS="9")
+    assert len(only_sin) == 2 and "--max-steps 50" in only_sin[0] and only_sin[1] == sin_exp
+    assert "--crops 9" in calls(CHAIN_CROPS="9")[0]

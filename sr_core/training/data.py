@@ -20,7 +20,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -36,6 +36,7 @@ DEFAULT_TRAIN_ROOT = (REPO_ROOT.parent / "shared" / "data" / "train")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 PACK_VERSION = 1
 PACK_CODECS = ("raw", "webp")
+EXTRA_PREFIX = "extra_"  # per-crop arrays on the LR grid stored beside hr / lr (`derive_pack`)
 
 
 class EvalPathError(ValueError):
@@ -215,6 +216,10 @@ class Pack:
     hr: np.ndarray  # (N, H, W, 3) uint8
     lr: Optional[np.ndarray]  # (N, H/s, W/s, 3) uint8 bicubic LR, or None
     meta: dict
+    # name -> (N, H/s, W/s, C) float32 on the LR grid, pixel for pixel (e.g. a model's cached latents: a VQ-f4
+    # latent of an x4 pair has the LR's size); `PackSource` crops and transforms them with the LR
+    extras: dict = field(default_factory=dict)
+    source: Optional[np.ndarray] = None  # (N,) index of each crop's image in meta['files']
 
     @property
     def scale(self) -> int:
@@ -231,7 +236,41 @@ def load_pack(path: PathLike) -> Pack:
         else:
             hr = z["hr"]
             lr = z["lr"] if "lr" in z.files else None
-    return Pack(hr=hr, lr=lr, meta=meta)
+        extras = {k[len(EXTRA_PREFIX):]: z[k] for k in z.files if k.startswith(EXTRA_PREFIX)}
+        source = z["source"] if "source" in z.files else None
+    return Pack(hr=hr, lr=lr, meta=meta, extras=extras, source=source)
+
+
+def derive_pack(src: Pack, out: PathLike, rows: Sequence[int], extras: dict, note: dict) -> Path:
+    """Write a pack of crops `rows` of `src` (hr and lr as stored, raw codec) with per-crop float arrays
+    `extras` (name -> (len(rows), H/s, W/s, C), on the LR grid) -- e.g. what a model computed from each
+    crop's LR, so a run can train on it without recomputing it every step.  `meta` is the source pack's
+    with `n`, `codec` and `derived` (`note`: what the extras are and how they were made) updated."""
+    if src.lr is None:
+        raise ValueError("derive_pack needs a pack with stored LR crops")
+    rows = [int(r) for r in rows]
+    n, h, w = len(rows), src.lr.shape[1], src.lr.shape[2]
+    arrays = {}
+    for name, a in extras.items():
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim != 4 or a.shape[:3] != (n, h, w):
+            raise ValueError(f"extra {name!r} has shape {a.shape}; expected ({n}, {h}, {w}, C): one array per "
+                             "crop on the LR grid")
+        arrays[EXTRA_PREFIX + name] = a
+    meta = {**src.meta, "n": n, "codec": "raw", "derived": note}
+    files = src.meta.get("files")
+    if src.source is not None and files:  # the crops per folder of these rows (files are "<folder>/...")
+        per_folder = {k: 0 for k in src.meta.get("crops_per_folder", {})}
+        for r in rows:
+            k = Path(files[int(src.source[r])]).parts[0]
+            per_folder[k] = per_folder.get(k, 0) + 1
+        meta["crops_per_folder"] = per_folder
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    more = {} if src.source is None else {"source": np.asarray(src.source)[rows].astype(np.int32)}
+    np.savez_compressed(out, hr=src.hr[rows], lr=src.lr[rows], **arrays, **more,
+                        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    return out
 
 
 class PackSource:
@@ -252,6 +291,11 @@ class PackSource:
         self.use_stored_lr = pack.lr is not None and pack.scale == scale
         self.hr = torch.from_numpy(pack.hr)  # uint8, stays on CPU
         self.lr = torch.from_numpy(pack.lr) if self.use_stored_lr else None
+        self.extras = {}
+        for name, a in pack.extras.items():
+            if a.shape[:3] != (n, h // scale, w // scale):
+                raise ValueError(f"pack extra {name!r} has shape {a.shape}, not ({n}, {h // scale}, {w // scale}, C)")
+            self.extras[name] = torch.from_numpy(a)
 
     def __len__(self) -> int:
         return int(self.hr.shape[0])
@@ -267,18 +311,23 @@ class PackSource:
         ys = torch.randint(0, H // s - p + 1, (batch_size,), generator=g)
         xs = torch.randint(0, W // s - p + 1, (batch_size,), generator=g)
         ks = torch.randint(0, 8, (batch_size,), generator=g)
-        hrs, lrs = [], []
+        hrs, lrs, extra = [], [], {name: [] for name in self.extras}
         for i, y, x, k in zip(idx.tolist(), ys.tolist(), xs.tolist(), ks.tolist()):
             hr = self.hr[i, y * s:(y + p) * s, x * s:(x + p) * s]
             hrs.append(_dihedral_t(hr, k))
             if self.use_stored_lr:
                 lrs.append(_dihedral_t(self.lr[i, y:y + p, x:x + p], k))
+            for name, a in self.extras.items():
+                extra[name].append(_dihedral_t(a[i, y:y + p, x:x + p], k))
         hr_b = torch.stack(hrs).permute(0, 3, 1, 2).contiguous()
         if self.use_stored_lr:
             lr_b = torch.stack(lrs).permute(0, 3, 1, 2).contiguous()
         else:
             lr_b = imaging.imresize(hr_b, 1.0 / s)  # uint8 in, uint8 out: MATLAB rounding per pass
-        return {"hr": hr_b.float() / 255.0, "lr": lr_b.float() / 255.0, "generator": g}
+        out = {"hr": hr_b.float() / 255.0, "lr": lr_b.float() / 255.0, "generator": g}
+        for name, parts in extra.items():  # (b, C, p, p) float32, cropped and transformed as the LR
+            out[name] = torch.stack(parts).permute(0, 3, 1, 2).contiguous().float()
+        return out
 
 
 def _dihedral_t(a: torch.Tensor, k: int) -> torch.Tensor:

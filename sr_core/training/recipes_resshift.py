@@ -15,6 +15,7 @@
     python -m sr_core.training vqf4-mini --out runs/dec-sinsr-mini --set train=decoder_sr \
         --set init_from=assets/weights/sinsr-mini                       (the decoder on the UNet's own latents)
     python -m sr_core.training.resshift_cli configs                     (mini configs, sizes)
+    python -m sr_core.training.resshift_cli chain-pack RUN_OR_BUNDLE --pack P --out P2 [--crops N] [--seed S]
     python -m sr_core.training.resshift_cli bench --sizes 64,128        (both minis, one process)
     python -m sr_core.training.resshift_cli train RECIPE ...            (= python -m sr_core.training,
                                                                              these recipes registered)
@@ -78,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -424,6 +426,10 @@ class _LatentSR(_HasConfig):
         return pixel_mse(self.ae, z, hr, lr, self.sf, self.color_fix)
 
 
+PIXEL_ON = ("x0", "last_step")
+CHAIN_EXTRA = "resshift_x_last"  # the pack extra `chain_pack` writes: (N, h, w, C) latents on the LR grid
+
+
 def _checked_color_fix(color_fix: str, name: str = "pixel_color_fix") -> str:
     if color_fix not in COLOR_FIXES:
         raise ValueError(f"{name} must be one of {', '.join(COLOR_FIXES)}, not {color_fix!r}")
@@ -461,33 +467,57 @@ def pixel_mse(ae: nn.Module, z: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor
 
 
 class ResShiftTrainer(_LatentSR):
-    """forward(hr, lr in [0, 1]) -> {'loss', 'mse'[, 'pixel']}: ResShift's x0-prediction MSE at a random t,
-    plus `w_pixel` x `pixel_mse` of the same x0 prediction when `w_pixel` > 0."""
+    """forward(hr, lr in [0, 1][, x_last]) -> {'loss', 'mse'[, 'pixel']}: `w_latent` x ResShift's x0-prediction
+    MSE at a random t, plus `w_pixel` x `pixel_mse` when `w_pixel` > 0 -- of the same x0 prediction
+    (`pixel_on="x0"`), or of the UNet's output at the last sampler step (t = 0) from `x_last`, the states the
+    stochastic sampler reaches there (`pixel_on="last_step"`; a pack made by `resshift_cli chain-pack`
+    caches them as its extra `CHAIN_EXTRA`): what the method serves."""
 
     def __init__(self, unet: nn.Module, ae: nn.Module, config: dict, w_pixel: float = 0.0,
-                 color_fix: str = "wavelet"):
+                 color_fix: str = "wavelet", pixel_on: str = "x0", w_latent: float = 1.0):
         super().__init__()
+        if pixel_on not in PIXEL_ON:
+            raise ValueError(f"pixel_on must be one of {', '.join(PIXEL_ON)}, not {pixel_on!r}")
+        if not float(w_latent) and not float(w_pixel):
+            raise ValueError("resshift-mini: w_latent and w_pixel are both 0 -- nothing to train on")
         self.unet, self.ae = unet, ae
         self._frozen_eval(ae)
         self._set_config(config)
         self.schedule = _schedule(config)
         self._set_pixel(w_pixel, color_fix)
+        self.pixel_on, self.w_latent = pixel_on, float(w_latent)
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.ae.eval()
         return self
 
-    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> dict:
-        z0, y, lq = self.encode_pair(hr, lr)
-        t = torch.randint(0, self.schedule.T, (z0.shape[0],), device=z0.device)
-        x_t = rs.q_sample(z0, y, self.schedule, t, torch.randn_like(z0))
-        pred = self.unet(rs.scale_input(x_t, self.schedule, t), t, lq=lq).float()
-        mse = F.mse_loss(pred, z0)
-        if not self.w_pixel:
-            return {"loss": mse, "mse": mse}
-        pix = self.pixel(pred, hr, lr)
-        return {"loss": mse + self.w_pixel * pix, "mse": mse, "pixel": pix}
+    def last_step(self, x_last: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+        """The UNet's x0 prediction at t = 0 from chain state `x_last` -- the sampler's output (its last
+        posterior mean is that prediction)."""
+        t = torch.zeros(x_last.shape[0], dtype=torch.long, device=x_last.device)
+        return self.unet(rs.scale_input(x_last.float(), self.schedule, t), t, lq=lq).float()
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor, x_last: Optional[torch.Tensor] = None) -> dict:
+        out, loss = {}, 0.0
+        last = self.w_pixel and self.pixel_on == "last_step"
+        if last and x_last is None:
+            raise ValueError(f"pixel_on=last_step needs the sampler's states at its last step: train on a pack "
+                             f"made by `python -m sr_core.training.resshift_cli chain-pack` (extra {CHAIN_EXTRA!r})")
+        pred = None
+        if self.w_latent or not last:
+            z0, y, lq = self.encode_pair(hr, lr)
+            t = torch.randint(0, self.schedule.T, (z0.shape[0],), device=z0.device)
+            x_t = rs.q_sample(z0, y, self.schedule, t, torch.randn_like(z0))
+            pred = self.unet(rs.scale_input(x_t, self.schedule, t), t, lq=lq).float()
+            out["mse"] = F.mse_loss(pred, z0)
+            loss = self.w_latent * out["mse"]
+        if self.w_pixel:
+            z = self.last_step(x_last, lr * 2 - 1) if last else pred
+            out["pixel"] = self.pixel(z, hr, lr)
+            loss = loss + self.w_pixel * out["pixel"]
+        out["loss"] = loss
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -633,6 +663,57 @@ class DecoderSRTrainer(_HasConfig):
         return {"loss": mse, "mse": mse}
 
 
+@torch.no_grad()
+def chain_pack(source: str, pack, out, *, crops: int = 400, seed: int = 0, batch: int = 4,
+               device: str = "cpu") -> dict:
+    """Run the stochastic sampler of the resshift-mini UNet of `source` (a run or bundle; fp32, as served
+    on the CPU) on the LR of `crops` crops of `pack` spread evenly over it, and write a derived pack
+    (`data.derive_pack`) whose extra `CHAIN_EXTRA` is, per crop, the state x entering the sampler's last
+    step (t = 0): what `pixel_on=last_step` trains the last step on.  The noise of the batch starting at
+    row i (of the chosen rows) comes from a generator seeded with seed * 1_000_003 + i."""
+    from ..methods.resshift import unet_size_multiple
+    from .data import derive_pack, load_pack
+
+    unet, ae, cfg = load_teacher(source)
+    dev = torch.device(device)
+    unet, ae = unet.float().to(dev), ae.float().to(dev)
+    src = load_pack(pack)
+    if src.lr is None:
+        raise ValueError(f"{pack} stores no LR crops")
+    n, h = len(src.hr), src.lr.shape[1]
+    mult = unet_size_multiple(cfg["unet"])
+    if h % mult or src.lr.shape[2] % mult:
+        raise ValueError(f"the pack's LR crops ({h} px) are not a multiple of the UNet's {mult} px")
+    rows = sorted({int(r) for r in np.linspace(0, n - 1, min(int(crops), n)).round()})
+    sched, sf = _schedule(cfg), int(cfg["diffusion"].get("sf", 4))
+    states, t0 = [], time.time()
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        lq = torch.from_numpy(src.lr[r]).permute(0, 3, 1, 2).float().div(255).to(dev) * 2 - 1
+        z_y = ae.encode(_bicubic_up(lq, sf)).float()
+        seen = {}
+
+        def keep(d, seen=seen):
+            if d["t"] == 0:
+                seen["x"] = d["x_t"]
+
+        rs.sample_resshift(lambda x, t: unet(x, t, lq=lq).float(), z_y, sched,
+                           generator=torch.Generator().manual_seed(seed * 1_000_003 + i), callback=keep)
+        states.append(seen["x"].permute(0, 2, 3, 1).cpu().numpy())
+        print(f"chain-pack: {min(i + batch, len(rows))}/{len(rows)} crops, {time.time() - t0:.0f} s", flush=True)
+    folder = _resolve(source)
+    weights = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "ckpt" / "last.pt"
+    from ..weights import sha256_file
+
+    note = {"what": (f"the state entering the last step (t = 0) of the stochastic sampler of `{source}` "
+                     f"(sha256 {sha256_file(weights)[:12]} of {weights.name}) from its LR, seed {seed}"),
+            "extra": CHAIN_EXTRA, "source": str(source), "from_pack": Path(pack).name, "rows": len(rows),
+            "seed": int(seed), "seconds": round(time.time() - t0, 1),
+            "command": f"resshift_cli chain-pack {source} --pack {Path(pack).name} --crops {crops} --seed {seed}"}
+    path = derive_pack(src, out, rows, {CHAIN_EXTRA: np.concatenate(states)}, note)
+    return {"pack": str(path), **note}
+
+
 # ------------------------------------------------------------------------------------------------
 # inference (validation in the trainer; the served path is sr_core.methods.resshift)
 
@@ -749,6 +830,11 @@ class ResShiftRecipe(Recipe):
     # ours, not ResShift's: + w_pixel x MSE(HR, the x0 prediction decoded and colour-fixed as served) (`pixel_mse`)
     w_pixel: float = 0.0
     pixel_color_fix: str = MINI_COLOR_FIX
+    # which x0 prediction the pixel term scores: "x0" -- the one of the latent loss (random t, x_t drawn from
+    # q(x_t | z0, y)); "last_step" -- the UNet's output at t = 0 from the states the stochastic sampler of the
+    # init_from UNet reaches there, cached in the pack (`resshift_cli chain-pack`): the output the method serves
+    pixel_on: str = "x0"
+    w_latent: float = 1.0  # ResShift's latent x0 MSE (0: a pixel-only fine-tune)
 
     def build_model(self) -> nn.Module:
         from ..nets.resshift_unet import ResShiftUNet
@@ -760,10 +846,10 @@ class ResShiftRecipe(Recipe):
             init, _, _ = load_teacher(self.init_from, self.model_config)
             load_into(unet, init.state_dict())  # strict: the same UNet config
             unet.requires_grad_(True).train()
-        return ResShiftTrainer(unet, ae, cfg, self.w_pixel, self.pixel_color_fix)
+        return ResShiftTrainer(unet, ae, cfg, self.w_pixel, self.pixel_color_fix, self.pixel_on, self.w_latent)
 
     def loss_terms(self, model: nn.Module, batch: dict) -> dict:
-        return model(batch["hr"], batch["lr"])
+        return model(batch["hr"], batch["lr"], batch.get(CHAIN_EXTRA))
 
     def infer(self, model: nn.Module, lr: torch.Tensor) -> torch.Tensor:
         m = _unwrap(model)
@@ -947,7 +1033,9 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     SHA256SUMS}` (the bundle `ResShift("mini")` / `SinSR("mini")` read) from a resshift-mini or
     sinsr-mini run; the UNet is stored in fp16 (the loader casts to the network's dtype), the
     autoencoder in fp32; `color_fix` is the bundle's default colour fix (config.json `color_fix`).
-    Figures are computed on the written bundle through the method (with that colour fix, and without)."""
+    Figures are computed on the written bundle through the method (with that colour fix, and without).
+    Exported over a bundle, the earlier card's Notes (unless `notes` replaces them) and the sections after its
+    Reproduce line stay."""
     from ..methods.resshift import write_bundle
 
     run_dir = Path(run_dir)
@@ -969,6 +1057,9 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
     dest = (Path(assets_dir) if assets_dir else REPO_ROOT / "assets" / "weights") / model_id
     # read before the bundle is written: a continuation is usually exported over the bundle it started from
     info = dict(info)
+    old_card = dest / "MODEL_CARD.md"
+    kept_notes, tail = _card_sections(old_card.read_text()) if old_card.is_file() else ("", "")
+    notes = notes or kept_notes  # the card's Notes and what follows its Reproduce line stay unless replaced
     if getattr(recipe, "init_from", ""):
         info["warm_start"] = warm_start_entry(recipe.init_from)
     ae_src = recipe.ae_from if kind == "resshift" else recipe.teacher_from
@@ -983,7 +1074,7 @@ def export_resshift_run(run_dir, *, model_id: Optional[str] = None, assets_dir=N
              "recon_color_fix": recon_color_fix(model.ae.eval(), cfg["color_fix"], eval_root) if evaluate else {}}
     return _finish_bundle(dest, model_id, kind, recipe,
                           dict(info, exported_weights=which, exported_on=time.strftime("%Y-%m-%d")), cfg, extra,
-                          eval_limit, notes)
+                          eval_limit, notes, tail)
 
 
 _BUNDLE_FILES = ("config.json", "model.safetensors", "autoencoder.safetensors")
@@ -1089,9 +1180,17 @@ def _pixel_text(recipe: Recipe, what: str) -> str:
     w = float(getattr(recipe, "w_pixel", 0.0) or 0.0)
     if not w:
         return ""
-    return (f" Plus ours (not in the paper): {w:g} x the pixel MSE between HR and {what} quantised "
+    return (f" Plus ours (not in the paper): {w:g} x the pixel MSE between HR and {what}, quantised "
             "(straight-through), decoded by the frozen decoder and colour-fixed "
             f"({getattr(recipe, 'pixel_color_fix', MINI_COLOR_FIX)}) as the bundle serves it, in [0, 1].")
+
+
+def _derived_text(pm: dict) -> str:
+    d = pm.get("derived") or {}
+    if not d:
+        return ""
+    return (f"\n  The pack is derived (`{d.get('command', 'n/a')}`): {d.get('rows', '?')} of the crops of "
+            f"`{d.get('from_pack', '?')}`, each with {d.get('what', 'cached arrays')}.")
 
 
 def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra: dict, sums: dict,
@@ -1114,12 +1213,23 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
     rows.append("| bicubic (MATLAB, published) | " + " | ".join(f"{BICUBIC_X4[s]:.2f}" for s in EVAL_SETS) + " |")
     gain = ", ".join(f"{s} {figs[s]['psnr_y'] - BICUBIC_X4[s]:+.2f} dB" for s in EVAL_SETS if s in figs) or "n/a"
     if kind == "resshift":
-        objective = ("ResShift's objective: z0 = E(HR), y = E(bicubic-up(LR)), t ~ U{0..T-1}, "
-                     "x_t = z0 + eta_t (y - z0) + kappa sqrt(eta_t) eps, MSE between the UNet's x0 prediction "
-                     "and z0 (latent space). "
-                     f"Frozen autoencoder from `{getattr(recipe, 'ae_from', '')}` (vqf4-mini: L1 + 0.1 gradient L1 + "
-                     "VQ codebook/commitment losses on HR crops).")
-        objective += _pixel_text(recipe, "the x0 prediction")
+        frozen = (f"Frozen autoencoder from `{getattr(recipe, 'ae_from', '')}` (vqf4-mini: L1 + 0.1 gradient L1 + "
+                  "VQ codebook/commitment losses on HR crops).")
+        if float(getattr(recipe, "w_latent", 1.0)):
+            w_lat = float(getattr(recipe, "w_latent", 1.0))
+            objective = ("ResShift's objective: z0 = E(HR), y = E(bicubic-up(LR)), t ~ U{0..T-1}, "
+                         "x_t = z0 + eta_t (y - z0) + kappa sqrt(eta_t) eps, MSE between the UNet's x0 prediction "
+                         f"and z0 (latent space){f', weight {w_lat:g}' if w_lat != 1 else ''}. {frozen}")
+        else:
+            objective = (f"A fine-tune of the resshift-mini UNet `{getattr(recipe, 'init_from', '')}` with ResShift's "
+                         f"latent loss off (w_latent 0). {frozen}")
+        if getattr(recipe, "pixel_on", "x0") == "last_step":
+            what = ("the UNet's output at the stochastic sampler's last step (t = 0, the output it serves), fed the "
+                    "states the sampler of the initial UNet reaches there (cached per crop in the pack by "
+                    "`resshift_cli chain-pack`, one noise draw each)")
+        else:
+            what = "the x0 prediction"
+        objective += _pixel_text(recipe, what)
         method = "`ResShift(\"mini\")` (`sr_core/methods/resshift.py`), 15 UNet calls, stochastic sampler"
     else:
         init = getattr(recipe, "init_from", "")
@@ -1178,7 +1288,7 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
 - Steps: {info.get('steps')} (planned {info.get('max_steps', recipe.max_steps)}){partial}{warm}; device
   {info.get('device', 'unknown')}; mixed precision {info.get('mixed_precision', '?')}; wall {wall / 60:.1f} min.
 - Data: pack `{Path(str(info.get('pack', 'n/a'))).name}` -- {pm.get('n', '?')} crops of {pm.get('hr_size', '?')} px from
-  {folders} in `../shared/data/`; bicubic (MATLAB imresize) x4 LR. No eval/ image was used.
+  {folders} in `../shared/data/`; bicubic (MATLAB imresize) x4 LR. No eval/ image was used.{_derived_text(pm)}
 {_decoder_text(info.get('decoder_finetune'))}
 ## Benchmark (x4, `sr_core eval` protocol: Y-PSNR dB / SSIM-Y / LR-PSNR dB{limit_note})
 
@@ -1534,6 +1644,16 @@ def main(argv=None) -> int:
     c.add_argument("--no-eval", action="store_true")
     c.add_argument("--eval-limit", type=int, default=0)
     c.add_argument("--device", default="auto")
+    cp = sub.add_parser("chain-pack", help="a pack with the states resshift-mini's sampler reaches at its last "
+                                           "step (for --set pixel_on=last_step)")
+    cp.add_argument("source", help="resshift-mini run or bundle")
+    cp.add_argument("--pack", required=True)
+    cp.add_argument("--out", required=True)
+    cp.add_argument("--crops", type=int, default=400, help="how many crops, spread evenly over the pack")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--batch", type=int, default=4)
+    cp.add_argument("--device", default="cpu")
+    cp.add_argument("--threads", type=int, default=None)
     sub.add_parser("configs", help="print the mini bundle configs and parameter counts")
     b = sub.add_parser("bench", help="resshift-mini vs sinsr-mini speed in one process")
     b.add_argument("--resshift", default=str(REPO_ROOT / "assets" / "weights" / "resshift-mini"))
@@ -1565,6 +1685,12 @@ def main(argv=None) -> int:
             torch.set_num_threads(a.threads)
         print(json.dumps(bench_pair(a.resshift, a.sinsr, tuple(int(x) for x in a.sizes.split(",")), a.repeat,
                                     a.device), indent=2))
+    elif a.cmd == "chain-pack":
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        print(json.dumps(chain_pack(a.source, a.pack, a.out, crops=a.crops, seed=a.seed, batch=a.batch,
+                                    device=dev), indent=2))
     elif a.cmd == "recon":
         ae, _ = load_autoencoder(a.source)
         out = {}

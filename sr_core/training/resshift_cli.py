@@ -4,6 +4,7 @@
     python -m sr_core.training.resshift_cli export RUN [--id] [--assets] [--no-eval] [--eval-limit N]
     python -m sr_core.training.resshift_cli recon RUN_OR_BUNDLE [--sets Set5,Set14,BSD100] [--limit N]
     python -m sr_core.training.resshift_cli redecode BUNDLE --decoder-from RUN [--no-eval] [--eval-limit N]
+    python -m sr_core.training.resshift_cli chain-pack RUN_OR_BUNDLE --pack P --out P2 [--crops N] [--seed S]
     python -m sr_core.training.resshift_cli bench [--resshift DIR] [--sinsr DIR] [--sizes 64,128]
     python -m sr_core.training.resshift_cli configs
 

@@ -82,9 +82,11 @@ def train_step(recipe: Recipe, acc, model, ema, opt, source, step: int, batch_si
     mark("batch")
     hr = b["hr"].to(dev, non_blocking=True)
     lr_img = recipe.degradation.apply(hr, b["lr"].to(dev, non_blocking=True), b["generator"], recipe.scale)
+    # the rest of the batch as the source gave it: its generator (CPU) and a derived pack's extras
+    rest = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items() if k not in ("hr", "lr")}
     mark("to_device")
     with acc.autocast():
-        out = recipe.loss_terms(model if fwd is None else fwd, {"hr": hr, "lr": lr_img})
+        out = recipe.loss_terms(model if fwd is None else fwd, {**rest, "hr": hr, "lr": lr_img})
     loss = out["loss"]
     if terms is not None:
         terms.update({k: v.detach().float().reshape(()) for k, v in out.items()
