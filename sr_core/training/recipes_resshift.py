@@ -354,12 +354,14 @@ def _nearest_codes(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def _sample_latent(unet: nn.Module, ae: nn.Module, config: dict, lq: torch.Tensor, sampler: str,
-                   generator: torch.Generator, schedule: Optional[rs.ResShiftSchedule] = None) -> torch.Tensor:
+                   generator: torch.Generator, schedule: Optional[rs.ResShiftSchedule] = None,
+                   callback=None) -> torch.Tensor:
     """The method's latent x0 for an LR in [-1, 1] (sides a multiple of the UNet's): torch bicubic x4, encode,
-    `sampler` with `unet` (`schedule`: config's, built if not given) -- unquantised, as the sampler returns it."""
+    `sampler` with `unet` (`schedule`: config's, built if not given; `callback`: the sampler's, per step) --
+    unquantised, as the sampler returns it."""
     z_y = ae.encode(_bicubic_up(lq, int(config["diffusion"].get("sf", 4)))).float()
     return rs.SAMPLERS[sampler](lambda x, t: unet(x, t, lq=lq).float(), z_y, schedule or _schedule(config),
-                               generator=generator)
+                               generator=generator, callback=callback)
 
 
 def load_autoencoder(ae_from: str, model_config: Optional[dict] = None) -> tuple[nn.Module, dict]:
@@ -685,20 +687,12 @@ def chain_pack(source: str, pack, out, *, crops: int = 400, seed: int = 0, batch
     if h % mult or src.lr.shape[2] % mult:
         raise ValueError(f"the pack's LR crops ({h} px) are not a multiple of the UNet's {mult} px")
     rows = sorted({int(r) for r in np.linspace(0, n - 1, min(int(crops), n)).round()})
-    sched, sf = _schedule(cfg), int(cfg["diffusion"].get("sf", 4))
-    states, t0 = [], time.time()
+    sched, states, t0 = _schedule(cfg), [], time.time()
     for i in range(0, len(rows), batch):
-        r = rows[i:i + batch]
-        lq = torch.from_numpy(src.lr[r]).permute(0, 3, 1, 2).float().div(255).to(dev) * 2 - 1
-        z_y = ae.encode(_bicubic_up(lq, sf)).float()
+        lq = torch.from_numpy(src.lr[rows[i:i + batch]]).permute(0, 3, 1, 2).float().div(255).to(dev) * 2 - 1
         seen = {}
-
-        def keep(d, seen=seen):
-            if d["t"] == 0:
-                seen["x"] = d["x_t"]
-
-        rs.sample_resshift(lambda x, t: unet(x, t, lq=lq).float(), z_y, sched,
-                           generator=torch.Generator().manual_seed(seed * 1_000_003 + i), callback=keep)
+        _sample_latent(unet, ae, cfg, lq, "stochastic", torch.Generator().manual_seed(seed * 1_000_003 + i), sched,
+                       callback=lambda d: seen.update(x=d["x_t"]) if d["t"] == 0 else None)
         states.append(seen["x"].permute(0, 2, 3, 1).cpu().numpy())
         print(f"chain-pack: {min(i + batch, len(rows))}/{len(rows)} crops, {time.time() - t0:.0f} s", flush=True)
     folder = _resolve(source)
@@ -1215,8 +1209,8 @@ def _card(model_id: str, kind: str, recipe: Recipe, info: dict, cfg: dict, extra
     if kind == "resshift":
         frozen = (f"Frozen autoencoder from `{getattr(recipe, 'ae_from', '')}` (vqf4-mini: L1 + 0.1 gradient L1 + "
                   "VQ codebook/commitment losses on HR crops).")
-        if float(getattr(recipe, "w_latent", 1.0)):
-            w_lat = float(getattr(recipe, "w_latent", 1.0))
+        w_lat = float(getattr(recipe, "w_latent", 1.0))
+        if w_lat:
             objective = ("ResShift's objective: z0 = E(HR), y = E(bicubic-up(LR)), t ~ U{0..T-1}, "
                          "x_t = z0 + eta_t (y - z0) + kappa sqrt(eta_t) eps, MSE between the UNet's x0 prediction "
                          f"and z0 (latent space){f', weight {w_lat:g}' if w_lat != 1 else ''}. {frozen}")
