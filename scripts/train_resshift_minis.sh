@@ -169,6 +169,8 @@ if has pix; then
   # sinsr-mini: its one-step latent from x_T (SinSR's three losses weighted 0: it is already distilled; no teacher
   # calls).  Measured on the CPU: 200 steps (9 min) took the first 20 BSD100 images 27.11 -> 27.22 dB; at a
   # constant lr the gain peaked at 125-200 steps and then fell (26.22 dB after 800), hence PIX_STEPS.
+  # A second round straight after the first (no other training between) lowered those 20 images (resshift-mini
+  # 27.226 -> 27.145 with a fresh chain-pack; sinsr-mini 27.236 -> 27.12-27.17 however run; the cards' targets).
   echo "== stage pix: the bundles' UNets fine-tuned on the pixel MSE of what they serve"
   PIX=(--set lr=2e-5 --set lr_min=2e-6 --set warmup_steps=10 --set ema_decay=0.99 --set val_every=0 --no-val)
   PIX_MODELS=(sinsr-mini)
