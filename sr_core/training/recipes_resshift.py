@@ -674,6 +674,7 @@ def chain_pack(source: str, pack, out, *, crops: int = 400, seed: int = 0, batch
     step (t = 0): what `pixel_on=last_step` trains the last step on.  The noise of the batch starting at
     row i (of the chosen rows) comes from a generator seeded with seed * 1_000_003 + i."""
     from ..methods.resshift import unet_size_multiple
+    from ..weights import sha256_file
     from .data import derive_pack, load_pack
 
     unet, ae, cfg = load_teacher(source)
@@ -697,8 +698,6 @@ def chain_pack(source: str, pack, out, *, crops: int = 400, seed: int = 0, batch
         print(f"chain-pack: {min(i + batch, len(rows))}/{len(rows)} crops, {time.time() - t0:.0f} s", flush=True)
     folder = _resolve(source)
     weights = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "ckpt" / "last.pt"
-    from ..weights import sha256_file
-
     note = {"what": (f"the state entering the last step (t = 0) of the stochastic sampler of `{source}` "
                      f"(sha256 {sha256_file(weights)[:12]} of {weights.name}) from its LR, seed {seed}"),
             "extra": CHAIN_EXTRA, "source": str(source), "from_pack": Path(pack).name, "rows": len(rows),
